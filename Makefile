@@ -1,0 +1,53 @@
+# kube-vgpu: every entry point a developer or CI needs. `make run` and `make test` work on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: all venv protos protos-check build lint test pytest run clean constraints
+
+all: build
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Regenerates the committed stubs under gen/python from protos/ (grpcio-tools + mypy-protobuf).
+protos: $(STAMP)
+	$(BIN)/python scripts/gen_protos.py
+
+protos-check: $(STAMP)
+	$(BIN)/python scripts/gen_protos.py --check
+
+build: $(STAMP) protos-check
+	@if [ -f libvgpu/Makefile ]; then $(MAKE) -C libvgpu; fi
+
+lint: $(STAMP)
+	$(BIN)/ruff check services tests scripts bench
+	$(BIN)/ruff format --check services tests scripts bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+	cd $(CURDIR) && PATH=$(CURDIR)/$(BIN):$$PATH buf lint
+
+pytest: build
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test: build lint pytest
+
+# Starts kube-local with the simulated cluster of deploy/local/cluster.yaml and the suite in local mode.
+run: build
+	$(BIN)/kube-vgpu-local up --cluster deploy/local/cluster.yaml $(RUN_ARGS)
+
+constraints: $(STAMP)
+	{ echo "# Exact pins for every runtime and development dependency (pip install -c constraints.txt)."; \
+	  echo "# Regenerate with: make constraints"; \
+	  $(BIN)/python -m pip freeze --exclude-editable | grep -v '^pip=='; } > constraints.txt
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	@if [ -f libvgpu/Makefile ]; then $(MAKE) -C libvgpu clean; fi
