@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -50,9 +51,10 @@ def _plugin(name: str) -> str:
 
 def _well_known_include() -> str:
     """grpc_tools' bundled google/protobuf/*.proto, so imports of well-known types resolve."""
-    import grpc_tools
-
-    return str(Path(grpc_tools.__file__).resolve().parent / "_proto")
+    spec = importlib.util.find_spec("grpc_tools")
+    if spec is None or spec.origin is None:
+        raise SystemExit("gen_protos: grpcio-tools is not installed (make venv)")
+    return str(Path(spec.origin).resolve().parent / "_proto")
 
 
 def generate(proto_root: Path, out_dir: Path) -> None:

@@ -193,7 +193,9 @@ def _describe(
     for err in exc.errors():
         loc = tuple(str(p) for p in err["loc"])
         key = ".".join(loc) or "<root>"
-        source = next((sources[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in sources), default_source)
+        source = next(
+            (sources[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in sources), default_source
+        )
         message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
         lines.append(f"  {key}: {message} (from {source}, got {err.get('input')!r})")
     return "\n".join(lines)

@@ -33,9 +33,7 @@ def resolve_format(fmt: LogFormat, stream: TextIO) -> Literal["json", "console"]
     return "console" if stream.isatty() else "json"
 
 
-def configure_logging(
-    config: LogConfig | None = None, *, service: str, stream: TextIO | None = None
-) -> None:
+def configure_logging(config: LogConfig | None = None, *, service: str, stream: TextIO | None = None) -> None:
     config = config or LogConfig()
     stream = stream or sys.stderr
     level = getattr(logging, config.level.upper())

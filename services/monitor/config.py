@@ -11,5 +11,7 @@ ENV_PREFIX = "KUBE_VGPU_MONITOR_"
 
 
 class MonitorConfig(ConfigModel):
-    grpc_bind: str = Field("127.0.0.1:9091", description="MonitorService gRPC address (host:port or unix:PATH)")
+    grpc_bind: str = Field(
+        "127.0.0.1:9091", description="MonitorService gRPC address (host:port or unix:PATH)"
+    )
     log: LogConfig = Field(default_factory=LogConfig)

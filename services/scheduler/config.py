@@ -1,4 +1,4 @@
-"""Scheduler configuration. Keys grow with the extender (issue 4); HAMi's flag names where Helm relies on them."""
+"""Scheduler configuration; keys grow with the extender (HAMi's flag names where Helm relies on them)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ ENV_PREFIX = "KUBE_VGPU_SCHEDULER_"
 
 
 class SchedulerConfig(ConfigModel):
-    grpc_bind: str = Field("127.0.0.1:9090", description="SchedulerService gRPC address (host:port or unix:PATH)")
+    grpc_bind: str = Field(
+        "127.0.0.1:9090", description="SchedulerService gRPC address (host:port or unix:PATH)"
+    )
     device_config_file: str | None = Field(None, description="HAMi device-config.yaml, validated at start")
     log: LogConfig = Field(default_factory=LogConfig)

@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class MonitorServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """MonitorService is served by the per-node monitor (DaemonSet) and reports only that node's GPUs.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -52,7 +53,8 @@ class MonitorServiceStub:
 
 
 class MonitorServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """MonitorService is served by the per-node monitor (DaemonSet) and reports only that node's GPUs.
+    """
 
     def ListDevices(self, request, context):
         """GPUs of this host with NVML statistics.
@@ -102,7 +104,8 @@ def add_MonitorServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class MonitorService:
-    """Missing associated documentation comment in .proto file."""
+    """MonitorService is served by the per-node monitor (DaemonSet) and reports only that node's GPUs.
+    """
 
     @staticmethod
     def ListDevices(request,

@@ -29,6 +29,8 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class MonitorServiceStub:
+    """MonitorService is served by the per-node monitor (DaemonSet) and reports only that node's GPUs."""
+
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
@@ -42,6 +44,8 @@ class MonitorServiceStub:
 
 @_typing.type_check_only
 class MonitorServiceAsyncStub(MonitorServiceStub):
+    """MonitorService is served by the per-node monitor (DaemonSet) and reports only that node's GPUs."""
+
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListDevices: _aio.UnaryUnaryMultiCallable[_monitor_service_pb2.ListDevicesRequest, _monitor_service_pb2.ListDevicesResponse]  # type: ignore[assignment]
     """GPUs of this host with NVML statistics."""
@@ -51,6 +55,8 @@ class MonitorServiceAsyncStub(MonitorServiceStub):
     """A snapshot of container usage every interval until the client cancels."""
 
 class MonitorServiceServicer(metaclass=_abc_1.ABCMeta):
+    """MonitorService is served by the per-node monitor (DaemonSet) and reports only that node's GPUs."""
+
     @_abc_1.abstractmethod
     def ListDevices(
         self,

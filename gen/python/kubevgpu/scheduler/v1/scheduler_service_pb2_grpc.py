@@ -26,7 +26,9 @@ if _version_not_supported:
 
 
 class SchedulerServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """SchedulerService answers questions about the scheduler's view of GPUs and pods; served next to the
+    extender by the scheduler process.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -62,7 +64,9 @@ class SchedulerServiceStub:
 
 
 class SchedulerServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """SchedulerService answers questions about the scheduler's view of GPUs and pods; served next to the
+    extender by the scheduler process.
+    """
 
     def ListNodes(self, request, context):
         """Nodes known to the scheduler with each GPU's capacity and usage.
@@ -136,7 +140,9 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class SchedulerService:
-    """Missing associated documentation comment in .proto file."""
+    """SchedulerService answers questions about the scheduler's view of GPUs and pods; served next to the
+    extender by the scheduler process.
+    """
 
     @staticmethod
     def ListNodes(request,

@@ -29,6 +29,10 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class SchedulerServiceStub:
+    """SchedulerService answers questions about the scheduler's view of GPUs and pods; served next to the
+    extender by the scheduler process.
+    """
+
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
@@ -46,6 +50,10 @@ class SchedulerServiceStub:
 
 @_typing.type_check_only
 class SchedulerServiceAsyncStub(SchedulerServiceStub):
+    """SchedulerService answers questions about the scheduler's view of GPUs and pods; served next to the
+    extender by the scheduler process.
+    """
+
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListNodes: _aio.UnaryUnaryMultiCallable[_scheduler_service_pb2.ListNodesRequest, _scheduler_service_pb2.ListNodesResponse]  # type: ignore[assignment]
     """Nodes known to the scheduler with each GPU's capacity and usage."""
@@ -59,6 +67,10 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     """Where a pod spec would land, without side effects."""
 
 class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
+    """SchedulerService answers questions about the scheduler's view of GPUs and pods; served next to the
+    extender by the scheduler process.
+    """
+
     @_abc_1.abstractmethod
     def ListNodes(
         self,

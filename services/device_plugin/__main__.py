@@ -1,0 +1,3 @@
+from services.device_plugin.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,3 @@
+from services.local.cli import main
+
+raise SystemExit(main())

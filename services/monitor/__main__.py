@@ -1,0 +1,3 @@
+from services.monitor.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,3 @@
+from services.scheduler.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,3 @@
+from services.vgpuctl.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,37 @@
+"""`kube-vgpu-webhook`: the mutating admission webhook.
+
+Today it validates its config and HAMi device config and serves gRPC health and reflection; admission
+arrives with the scheduling-path work item.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from services.common.config import ConfigError
+from services.common.device_config import load_device_config
+from services.common.entrypoint import EXIT_CONFIG_ERROR, run_service, serve_grpc_until_stopped
+from services.common.log import get_logger
+from services.webhook.config import ENV_PREFIX, WebhookConfig
+
+PROG = "kube-vgpu-webhook"
+
+
+async def run(cfg: WebhookConfig) -> None:
+    try:
+        device_config = load_device_config(cfg.device_config_file)
+    except ConfigError as exc:
+        get_logger(PROG).error("device_config_invalid", error=str(exc))
+        raise SystemExit(EXIT_CONFIG_ERROR) from None
+    get_logger(PROG).info("device_config_loaded", nvidia=device_config.nvidia.model_dump(by_alias=True))
+    await serve_grpc_until_stopped(PROG, cfg.grpc_bind)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_service(
+        WebhookConfig, run, prog=PROG, env_prefix=ENV_PREFIX, description=__doc__ or "", argv=argv
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

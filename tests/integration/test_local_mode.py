@@ -1,0 +1,92 @@
+"""`kube-vgpu-local up` as a user runs it: a real kube-local process, nodes registered over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from services.common import wire
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def _run(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=REPO, check=False)
+
+
+def test_up_once_registers_the_simulated_cluster_and_prints_summary(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    result = _run(
+        str(BIN / "kube-vgpu-local"),
+        "up",
+        "--once",
+        "--port",
+        "0",
+        "--state-dir",
+        str(state),
+        "--cluster",
+        str(REPO / "deploy/local/cluster.yaml"),
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "4 nodes, 7 GPUs, 70 schedulable vGPU slots" in out
+    assert "NVIDIA-A100-SXM4-80GB" in out and "gpu-node-c" in out
+    table = [line for line in out.splitlines() if line.startswith(("gpu-node", "cpu-node"))]
+    assert len(table) == 8  # 7 GPUs plus the CPU-only node
+    # The state dir kept what was registered; a second run updates in place instead of failing.
+    assert any(state.iterdir())
+    again = _run(
+        str(BIN / "kube-vgpu-local"),
+        "up",
+        "--once",
+        "--port",
+        "0",
+        "--state-dir",
+        str(state),
+        "--cluster",
+        str(REPO / "deploy/local/cluster.yaml"),
+    )
+    assert again.returncode == 0, again.stderr
+    assert "4 nodes, 7 GPUs" in again.stdout
+
+
+def test_bad_cluster_file_fails_with_the_key(tmp_path: Path) -> None:
+    bad = tmp_path / "cluster.yaml"
+    bad.write_text("nodes:\n- name: n1\n  gpus:\n  - {type: T4, memoryMiB: -1}\n")
+    result = _run(str(BIN / "kube-vgpu-local"), "up", "--once", "--port", "0", "--cluster", str(bad))
+    assert result.returncode == 2
+    assert "nodes.0.gpus.0.memoryMiB" in result.stderr
+
+
+def test_vgpuctl_nodes_reads_the_inventory(kube_local_url: str, tmp_path: Path) -> None:
+    from services.common.kube import KubeAccess, new_api_client
+    from services.local.cli import register_cluster
+    from services.local.cluster import load_cluster
+
+    with new_api_client(KubeAccess(server=kube_local_url)) as api:
+        register_cluster(api, load_cluster(REPO / "deploy/local/cluster.yaml"))
+    result = _run(str(BIN / "vgpuctl"), "--server", kube_local_url, "-o", "json", "nodes", "gpu-node-a")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert [r["gpu"] for r in rows] == ["0", "1"]
+    assert {r["type"] for r in rows} == {"NVIDIA-Tesla T4"}
+    assert rows[1]["numa"] == "1"
+    table = _run(str(BIN / "vgpuctl"), "--server", kube_local_url, "nodes", "-l", "gpu=on")
+    assert table.returncode == 0
+    assert table.stdout.splitlines()[0].startswith("NODE")
+    assert "cpu-node" not in table.stdout
+
+
+def test_vgpuctl_exit_codes() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST")}
+    no_api = subprocess.run(
+        [str(BIN / "vgpuctl"), "nodes"], capture_output=True, text=True, env=env, timeout=30, check=False
+    )
+    assert no_api.returncode == 2 and "kube.server" in no_api.stderr
+    dead = _run(str(BIN / "vgpuctl"), "--server", "http://127.0.0.1:9", "nodes")
+    assert dead.returncode == 1 and "cannot reach the API server" in dead.stderr
+    assert wire.NODE_NVIDIA_REGISTER == "hami.io/node-nvidia-register"
