@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all venv protos protos-check build lint test pytest run clean constraints
+.PHONY: all venv protos protos-check build lint test pytest run bench clean constraints
 
 all: build
 
@@ -42,6 +42,10 @@ test: build lint pytest
 # Starts kube-local with the simulated cluster of deploy/local/cluster.yaml and the suite in local mode.
 run: build
 	$(BIN)/kube-vgpu-local up --cluster deploy/local/cluster.yaml $(RUN_ARGS)
+
+# Benchmarks print their figures; they assert nothing and are not part of `make test`.
+bench: build
+	@for b in bench/*_bench.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 constraints: $(STAMP)
 	{ echo "# Exact pins for every runtime and development dependency (pip install -c constraints.txt)."; \

@@ -62,9 +62,9 @@ _BINARY_SUFFIXES: Final[Mapping[str, Fraction]] = {
     "Ei": Fraction(2**60),
 }
 # <quantity> ::= <sign>? <number> <suffix>; <number> ::= digits | digits. | digits.digits | .digits
-_QUANTITY_RE: Final = re.compile(r"([+-]?)(\d+(?:\.\d*)?|\.\d+)(.*)", re.DOTALL)
+_QUANTITY_RE: Final = re.compile(r"([+-]?)([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(.*)", re.DOTALL)
 # <decimalExponent> ::= ("e" | "E") <signed integer>; a bare "E" is the exa suffix instead.
-_EXPONENT_RE: Final = re.compile(r"[eE]([+-]?\d+)")
+_EXPONENT_RE: Final = re.compile(r"[eE]([+-]?[0-9]+)")
 # Far beyond anything a device resource can mean; the bound keeps a hostile "1e999999999" from costing memory.
 _MAX_EXPONENT: Final = 1000
 

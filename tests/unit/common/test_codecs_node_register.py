@@ -15,7 +15,7 @@ from services.common.codecs import (
 from services.common.model import DeviceInfo, MigPlacement, MigProfile
 
 INT32 = st.integers(min_value=-(2**31), max_value=2**31 - 1)
-TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=12)
+TEXT = st.text(st.characters(codec="utf-8"), max_size=12)
 
 # Spec 2.3, verbatim: two T4s with split 10. Index 0, numa 0 and health false are omitted (omitempty).
 T4_EXAMPLE = (

@@ -193,9 +193,7 @@ def test_parse_mig_template_uuid_errors(uuid: str, message: str) -> None:
     assert repr(uuid) in str(excinfo.value)
 
 
-wire_tokens = st.text(
-    st.characters(exclude_categories=("Cs",), exclude_characters=",:;"), min_size=1, max_size=10
-)
+wire_tokens = st.text(st.characters(codec="utf-8", exclude_characters=",:;"), min_size=1, max_size=10)
 container_devices = st.builds(
     ContainerDevice,
     uuid=wire_tokens,
