@@ -14,6 +14,6 @@ def kube_local_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     server = KubeLocalThread()
     try:
-        yield server.url
+        yield server.start()
     finally:
         server.close()

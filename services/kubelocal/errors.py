@@ -151,7 +151,9 @@ def forbidden(resource: str, name: str, message: str, group: str = "") -> ApiErr
 
 
 def method_not_allowed() -> ApiError:
-    return ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+    return ApiError(
+        405, "MethodNotAllowed", "the server does not allow this method on the requested resource"
+    )
 
 
 def unsupported_media_type(content_type: str, accepted: list[str]) -> ApiError:

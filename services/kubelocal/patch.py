@@ -352,9 +352,7 @@ def json_patch(document: JSONValue, operations: JSONValue) -> JSONValue:
         elif op == "test":
             actual = _get(doc, path)
             if not _json_equal(actual, value):
-                raise PatchTestFailed(
-                    f"testing value {path} failed: expected {value!r}, found {actual!r}"
-                )
+                raise PatchTestFailed(f"testing value {path} failed: expected {value!r}, found {actual!r}")
         else:
             raise InvalidPatch(f"JSON patch operation {number} has unknown op {op!r}")
     return doc

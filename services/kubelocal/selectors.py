@@ -26,9 +26,8 @@ class SelectorError(ValueError):
 
 def validate_label_key(key: str) -> None:
     prefix, slash, name = key.rpartition("/")
-    if slash:
-        if not prefix or len(prefix) > 253 or not _DNS1123_SUBDOMAIN_RE.match(prefix):
-            raise SelectorError(f"invalid label key {key!r}: prefix must be a DNS-1123 subdomain")
+    if slash and (not prefix or len(prefix) > 253 or not _DNS1123_SUBDOMAIN_RE.match(prefix)):
+        raise SelectorError(f"invalid label key {key!r}: prefix must be a DNS-1123 subdomain")
     if not name or len(name) > 63 or not _NAME_RE.match(name):
         raise SelectorError(
             f"invalid label key {key!r}: name part must consist of alphanumeric characters, '-', '_' or '.', "

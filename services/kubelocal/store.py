@@ -163,6 +163,10 @@ class Watcher:
         self._wake.set()
 
     @property
+    def initial_drained(self) -> bool:
+        return not self._initial
+
+    @property
     def idle(self) -> bool:
         return not self._initial and not self._queue
 
@@ -216,7 +220,7 @@ class Store:
     def try_get(self, rt: ResourceType, namespace: str, name: str) -> Obj | None:
         return self._objects[rt.key].get((namespace if rt.namespaced else "", name))
 
-    def list(self, flt: WatchFilter) -> tuple[list[Obj], str]:
+    def list_objects(self, flt: WatchFilter) -> tuple[list[Obj], str]:
         items = [obj for _, obj in sorted(self._objects[flt.resource.key].items()) if flt.matches(obj)]
         return items, self.resource_version
 
@@ -308,11 +312,15 @@ class Store:
         Raises the 410 Expired error when ``since`` predates the retained history.
         """
         if since is None:
-            items, _ = self.list(flt)
+            items, _ = self.list_objects(flt)
             initial = [encode_line({"type": "ADDED", "object": obj}) for obj in items]
         else:
             if since < self._history_start:
                 raise errors.expired(since, self._history_start)
+            if since > self._rv:
+                raise errors.ApiError(
+                    504, "Timeout", f"Too large resource version: {since}, current: {self._rv}"
+                )
             first = self._history[0].rv if self._history else self._rv + 1
             skip = max(0, since + 1 - first)
             initial = []
@@ -377,6 +385,8 @@ class Store:
                     raise ValueError(f"malformed {rt.kind} entry")
                 namespace, name = object_key(obj)
                 objects[key][(namespace if rt.namespaced else "", name)] = obj
+                # Never hand out a resourceVersion twice, even from a hand-edited file.
+                rv = max(rv, int(obj["metadata"].get("resourceVersion") or 0))
         self.close_watchers("reset")
         self._objects = objects
         self._rv = rv
