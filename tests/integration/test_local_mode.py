@@ -18,9 +18,9 @@ def _run(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=REPO, check=False)
 
 
-def test_up_once_registers_the_simulated_cluster_and_prints_summary(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    result = _run(
+def _up_once(state: Path) -> subprocess.CompletedProcess[str]:
+    cluster = str(REPO / "deploy/local/cluster.yaml")
+    return _run(
         str(BIN / "kube-vgpu-local"),
         "up",
         "--once",
@@ -29,8 +29,13 @@ def test_up_once_registers_the_simulated_cluster_and_prints_summary(tmp_path: Pa
         "--state-dir",
         str(state),
         "--cluster",
-        str(REPO / "deploy/local/cluster.yaml"),
+        cluster,
     )
+
+
+def test_up_once_registers_the_simulated_cluster_and_prints_summary(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    result = _up_once(state)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "4 nodes, 7 GPUs, 70 schedulable vGPU slots" in out
@@ -39,17 +44,7 @@ def test_up_once_registers_the_simulated_cluster_and_prints_summary(tmp_path: Pa
     assert len(table) == 8  # 7 GPUs plus the CPU-only node
     # The state dir kept what was registered; a second run updates in place instead of failing.
     assert any(state.iterdir())
-    again = _run(
-        str(BIN / "kube-vgpu-local"),
-        "up",
-        "--once",
-        "--port",
-        "0",
-        "--state-dir",
-        str(state),
-        "--cluster",
-        str(REPO / "deploy/local/cluster.yaml"),
-    )
+    again = _up_once(state)
     assert again.returncode == 0, again.stderr
     assert "4 nodes, 7 GPUs" in again.stdout
 
