@@ -1,0 +1,752 @@
+"""Fitting a pod onto a node and ranking the nodes that fit (spec 3.2-3.7, 10.1-10.3): pure functions, no I/O.
+
+The entry point is `fit_pod`, HAMi's per-node `scoreNode`: it never touches its inputs and returns a `NodeFit`
+with the node score, the per-container allocation (slot i = container i) or HAMi's reason string. Below it sit
+`fit_container` (HAMi `fitInDevices`: score, sort, then fit one container) and `fit_devices` (the NVIDIA
+`Fit`: the 16 per-card checks over an already ordered card list). `apply_allocation` adds a pod's allocation
+to a node's usage with the same arithmetic the fit relies on, for the usage cache and the bind-time re-fit.
+
+kube-vgpu decisions that differ from HAMi v2.10, each a documented choice:
+
+- Slot i is container i, init containers first (v2.9 semantics, spec 10.1): a container without a GPU request
+  always gets an empty slot.
+- Native sidecars (init containers with `restartPolicy: Always`) keep their slot but are long-running: they
+  are fitted cumulatively with the app containers, every later init container is fitted next to the sidecars
+  started before it, and the pod's usage counts them with the app containers (known weakness 5).
+- The request terms of the GPU score apply when the card type contains the request type (spec 10.2).
+- An invalid `hami.io/device-scoring-weights` raises `PodAnnotationError` (a pod error, not a node failure).
+- `priority_scores` maps node scores to 0..10 for a prioritize verb (known weakness 1); `choose_best` keeps
+  HAMi's single-node choice.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Final
+
+from services.common import wire
+from services.common.codecs import WireFormatError, format_reasons, parse_cordon, parse_device_scoring_weights
+from services.common.model import (
+    MEM_PERCENTAGE_UNSET,
+    CollapsedDevice,
+    ContainerDevice,
+    ContainerDeviceRequest,
+    DeviceScoringWeights,
+    DeviceUsage,
+    MigPlacement,
+    MigProfile,
+    PodSingleDevice,
+)
+from services.common.resources import NvidiaRequestConfig, pod_container_requests
+from services.scheduler.policy import PodFilters, SchedulingPolicy
+from services.scheduler.score import (
+    PairScores,
+    ScoredDevice,
+    best_combination,
+    device_combinations,
+    device_score,
+    node_score,
+    pair_score,
+    parse_pair_scores,
+    request_matches_device,
+    sort_devices,
+    worst_connected,
+)
+
+__all__ = [
+    "ContainerFit",
+    "MigAssignment",
+    "MigSlice",
+    "NamespaceQuota",
+    "NodeFit",
+    "NodeSnapshot",
+    "PairScores",
+    "PodAnnotationError",
+    "PodContext",
+    "PodFilters",
+    "QuotaEntry",
+    "QuotaFits",
+    "QuotaView",
+    "SchedulingPolicy",
+    "ScoredDevice",
+    "apply_allocation",
+    "choose_best",
+    "collapse_allocation",
+    "device_combinations",
+    "device_score",
+    "fit_container",
+    "fit_devices",
+    "fit_pod",
+    "node_score",
+    "pair_score",
+    "parse_pair_scores",
+    "pod_context",
+    "priority_scores",
+    "scoring_weights",
+    "sort_devices",
+]
+
+MAX_PRIORITY: Final = 10  # kube-scheduler's MaxExtenderPriority
+_FULL_CORES: Final = 100
+_DEFAULT_CONFIG: Final = NvidiaRequestConfig()
+_NO_PAIR_SCORES: Final[Mapping[str, Mapping[str, int]]] = {}
+_NO_MIG: Final[Mapping[str, Sequence[MigPlacement]]] = {}
+
+# Whether the pod may also take these cards (its hypothetical allocation for the container being fitted).
+QuotaFits = Callable[[Sequence[ContainerDevice]], bool]
+
+
+class PodAnnotationError(ValueError):
+    """A pod annotation the scheduler cannot work with (today: `hami.io/device-scoring-weights`).
+
+    It concerns the pod, not any node, so the extender answers the whole filter request with an error.
+    """
+
+    def __init__(self, annotation: str, message: str) -> None:
+        super().__init__(f"pod annotation {annotation}: {message}")
+        self.annotation = annotation
+
+
+def scoring_weights(annotations: Mapping[str, str]) -> DeviceScoringWeights:
+    """The pod's GPU-score weights (default 1/1/1); raises `PodAnnotationError` when the value is invalid."""
+    value = annotations.get(wire.DEVICE_SCORING_WEIGHTS)
+    if value is None:
+        return DeviceScoringWeights()
+    try:
+        return parse_device_scoring_weights(value)
+    except WireFormatError as err:
+        raise PodAnnotationError(wire.DEVICE_SCORING_WEIGHTS, str(err)) from None
+
+
+# --- The pod ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PodContext:
+    """What fitting needs to know about a pod. `requests` has one entry per container (init containers first,
+    then app containers; None for a container without a GPU request): slot i of the allocation is container i.
+    Slots `[0, init_count)` are init containers; `sidecar_slots` are the ones among them that keep running
+    (`restartPolicy: Always`)."""
+
+    namespace: str
+    name: str
+    uid: str
+    annotations: Mapping[str, str]
+    requests: tuple[ContainerDeviceRequest | None, ...]
+    init_count: int = 0
+    sidecar_slots: frozenset[int] = frozenset()
+
+    @property
+    def has_gpu_request(self) -> bool:
+        return any(request is not None for request in self.requests)
+
+    @property
+    def app_requests_gpu(self) -> bool:
+        """Whether a long-running container (app or sidecar) requests a GPU: the pods whose bind takes the
+        node lock (spec 3.8 step 3)."""
+        return any(req is not None for i, req in enumerate(self.requests) if not self.is_init(i))
+
+    def is_init(self, slot: int) -> bool:
+        """Whether the slot is an init container that runs to completion (a sidecar is not)."""
+        return slot < self.init_count and slot not in self.sidecar_slots
+
+
+def _string_map(value: object) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        return {}
+    return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)}
+
+
+def _containers(spec: Mapping[str, Any], key: str) -> list[object]:
+    containers = spec.get(key)
+    return list(containers) if isinstance(containers, list | tuple) else []
+
+
+def pod_context(pod: Mapping[str, Any], cfg: NvidiaRequestConfig = _DEFAULT_CONFIG) -> PodContext:
+    """A `PodContext` from a pod in Kubernetes JSON shape (missing fields read as empty)."""
+    metadata = pod.get("metadata")
+    meta: Mapping[str, Any] = metadata if isinstance(metadata, Mapping) else {}
+    raw_spec = pod.get("spec")
+    spec: Mapping[str, Any] = raw_spec if isinstance(raw_spec, Mapping) else {}
+    init_containers = _containers(spec, "initContainers")
+    sidecars = frozenset(
+        i
+        for i, container in enumerate(init_containers)
+        if isinstance(container, Mapping) and container.get("restartPolicy") == "Always"
+    )
+    return PodContext(
+        namespace=str(meta.get("namespace") or ""),
+        name=str(meta.get("name") or ""),
+        uid=str(meta.get("uid") or ""),
+        annotations=_string_map(meta.get("annotations")),
+        requests=tuple(pod_container_requests(spec, cfg)),
+        init_count=len(init_containers),
+        sidecar_slots=sidecars,
+    )
+
+
+# --- The node -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class NodeSnapshot:
+    """A node's cards with their current usage, plus the node annotations fitting reads
+    (`hami.io/device-cordon` and the `hami.io/node-nvidia-score` pair scores). `mig_placements` lists, per
+    GPU UUID, the MIG slices already in use (from the pods' `hami.io/vgpu-mig-allocations`)."""
+
+    name: str
+    devices: list[DeviceUsage]
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    mig_placements: Mapping[str, Sequence[MigPlacement]] = field(default_factory=dict)
+
+    @property
+    def cordoned(self) -> frozenset[str]:
+        return parse_cordon(self.annotations.get(wire.DEVICE_CORDON))
+
+    @property
+    def pair_scores(self) -> dict[str, dict[str, int]]:
+        """Pair scores; a missing or malformed annotation means none (topology is only a preference)."""
+        return parse_pair_scores(self.annotations.get(wire.NODE_NVIDIA_SCORE))
+
+
+# --- Quota (spec 3.2, 3.5 step 10, 7.7) ---------------------------------------------------------------------
+
+
+@dataclass
+class QuotaEntry:
+    """One tracked ResourceQuota key: `used` (memory in MiB x memoryFactor), the hard `limit` in the user's
+    units, and whether a limit is set at all (an explicit 0 is a limit that blocks any use)."""
+
+    used: int = 0
+    limit: int = 0
+    limit_set: bool = False
+
+
+@dataclass
+class NamespaceQuota:
+    """A namespace's tracked quota keys (`limits.nvidia.com/gpumem`, `limits.nvidia.com/gpucores`)."""
+
+    resources: dict[str, QuotaEntry] = field(default_factory=dict)
+
+
+@dataclass
+class QuotaView:
+    """Namespace -> tracked quota, with the resource names and memory factor needed to compare usage."""
+
+    namespaces: dict[str, NamespaceQuota] = field(default_factory=dict)
+    memory_factor: int = 1
+    memory_resource: str = wire.RESOURCE_GPUMEM
+    core_resource: str = wire.RESOURCE_GPUCORES
+
+    @property
+    def memory_key(self) -> str:
+        return f"limits.{self.memory_resource}"
+
+    @property
+    def core_key(self) -> str:
+        return f"limits.{self.core_resource}"
+
+    def fits(self, namespace: str, memory: int, cores: int) -> bool:
+        """Whether a pod whose collapsed usage is `memory` MiB (memoryFactor scale) and `cores` percent fits
+        the namespace's quota: `Used + memory <= Limit x memoryFactor` and `Used + cores <= Limit` for every
+        key with a limit set."""
+        quota = self.namespaces.get(namespace)
+        if quota is None:
+            return True
+        mem = quota.resources.get(self.memory_key)
+        if mem is not None and mem.limit_set and mem.used + memory > mem.limit * max(self.memory_factor, 1):
+            return False
+        core = quota.resources.get(self.core_key)
+        return not (core is not None and core.limit_set and core.used + cores > core.limit)
+
+    def fits_allocation(
+        self,
+        namespace: str,
+        allocation: Sequence[Sequence[ContainerDevice]],
+        init_count: int,
+        sidecar_slots: frozenset[int] = frozenset(),
+    ) -> bool:
+        """`fits` for a whole allocation, collapsed first (init peak versus long-running sum, per GPU)."""
+        collapsed = collapse_allocation(allocation, init_count, sidecar_slots)
+        return self.fits(namespace, sum(d.usedmem for d in collapsed), sum(d.usedcores for d in collapsed))
+
+
+# --- Results ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MigSlice:
+    """The dynamic-MIG profile and placement chosen for one container device."""
+
+    profile: str
+    placement: MigPlacement
+
+
+@dataclass(frozen=True, slots=True)
+class MigAssignment:
+    """One entry of `hami.io/vgpu-mig-allocations` (spec 2.5), without the runtime fields."""
+
+    container_index: int
+    device_index: int
+    gpu_uuid: str
+    profile: str
+    placement: MigPlacement
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerFit:
+    """The outcome of fitting one container: the cards chosen, or why not. `reasons` counts the per-card
+    failures over `candidates` cards; `reason` is the text HAMi reports (counted entries, or a plain string
+    such as `NodeInsufficientDevice`). `mig` runs parallel to `devices` (None for a non-MIG card)."""
+
+    fits: bool
+    devices: tuple[ContainerDevice, ...] = ()
+    reason: str = ""
+    reasons: Mapping[str, int] = field(default_factory=dict)
+    candidates: int = 0
+    mig: tuple[MigSlice | None, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class NodeFit:
+    """Whether the pod fits the node. `score` is HAMi's node score (usage before this pod); `devices` has one
+    entry per container slot (empty slots kept) when the pod fits, else it is empty and `reason` says why."""
+
+    node: str
+    fits: bool
+    reason: str = ""
+    score: float = 0.0
+    devices: PodSingleDevice = field(default_factory=list)
+    mig: tuple[MigAssignment, ...] = ()
+
+
+# --- The NVIDIA Fit (spec 3.5, checks 1-16) -----------------------------------------------------------------
+
+
+def _memory_request(request: ContainerDeviceRequest, device: DeviceUsage) -> int:
+    if request.memreq > 0:
+        return request.memreq
+    if request.mem_percentage_req != MEM_PERCENTAGE_UNSET:
+        return device.totalmem * request.mem_percentage_req // 100
+    return 0
+
+
+def _overlaps(a: MigPlacement, b: MigPlacement) -> bool:
+    return a.start < b.start + b.size and b.start < a.start + a.size
+
+
+def _choose_mig_slice(
+    profiles: Sequence[MigProfile], memreq: int, occupied: Sequence[MigPlacement]
+) -> tuple[MigProfile, MigPlacement] | None:
+    """The smallest profile with enough memory (then the fewest slices) that still has a free placement.
+    `1g.*`/`3g.*` profiles fill from the highest start, the others from the lowest."""
+    for profile in sorted(
+        (p for p in profiles if p.memory_mb >= memreq), key=lambda p: (p.memory_mb, p.slice_count)
+    ):
+        from_top = profile.name.startswith(("1g.", "3g."))
+        for placement in sorted(profile.placements, key=lambda p: p.start, reverse=from_top):
+            if not any(_overlaps(placement, used) for used in occupied):
+                return profile, placement
+    return None
+
+
+@dataclass(slots=True)
+class _Pick:
+    device: DeviceUsage
+    granted: ContainerDevice
+    mig: MigSlice | None
+
+
+def _with_pending(device: DeviceUsage, picks: Sequence[_Pick]) -> DeviceUsage:
+    """The card's usage plus what this Fit already took from it (only MIG cards are visited twice)."""
+    mine = [p.granted for p in picks if p.device is device]
+    if not mine:
+        return device
+    return replace(
+        device,
+        used=device.used + len(mine),
+        usedmem=device.usedmem + sum(g.usedmem for g in mine),
+        usedcores=device.usedcores + sum(g.usedcores for g in mine),
+    )
+
+
+def fit_devices(
+    request: ContainerDeviceRequest,
+    devices: Sequence[DeviceUsage],
+    *,
+    gpu_policy: str = wire.POLICY_SPREAD,
+    filters: PodFilters | None = None,
+    cordoned: frozenset[str] = frozenset(),
+    pair_scores: PairScores = _NO_PAIR_SCORES,
+    mig_placements: Mapping[str, Sequence[MigPlacement]] = _NO_MIG,
+    quota_fits: QuotaFits | None = None,
+) -> ContainerFit:
+    """HAMi's NVIDIA `Fit` for one container request over `devices` in policy order, walked from the last
+    card to the first; the first failing check of a card counts that reason and skips the card.
+
+    Nothing is mutated: the chosen cards come back as `ContainerDevice`s (type `NVIDIA`, the memory and
+    cores to book). `quota_fits` receives this container's hypothetical cards (those picked so far plus the
+    candidate) and says whether the namespace quota still holds.
+    """
+    pod_filters = filters if filters is not None else PodFilters()
+    policy = SchedulingPolicy(gpu_policy=gpu_policy)
+    mutex, topology = policy.mutex, policy.topology_aware
+    reasons: Counter[wire.Reason] = Counter()
+    picks: list[_Pick] = []
+    remaining = request.nums
+    previous_numa: int | None = None
+
+    def share_check(original: DeviceUsage) -> wire.Reason | _Pick:
+        """Checks 5-16 against the card's usage, including what this Fit already took from it."""
+        device = _with_pending(original, picks)
+        if not pod_filters.uuid_allowed(device.id):
+            return wire.Reason.CARD_UUID_MISMATCH
+        if device.count <= device.used:
+            return wire.Reason.CARD_TIME_SLICING_EXHAUSTED
+        if mutex and device.used > 0:
+            return wire.Reason.EXCLUSIVE_DEVICE_ALLOCATE_CONFLICT
+        cores = min(request.coresreq, _FULL_CORES)
+        memreq = _memory_request(request, device)
+        granted = ContainerDevice(uuid=device.id, type=wire.NVIDIA, usedmem=memreq, usedcores=cores)
+        if quota_fits is not None and not quota_fits([*(p.granted for p in picks), granted]):
+            return wire.Reason.RESOURCE_QUOTA_NOT_FIT
+        if device.totalmem - device.usedmem < memreq:
+            return wire.Reason.CARD_INSUFFICIENT_MEMORY
+        if device.totalcore - device.usedcores < cores:
+            return wire.Reason.CARD_INSUFFICIENT_CORE
+        if device.totalcore == _FULL_CORES and cores == _FULL_CORES and device.used > 0:
+            return wire.Reason.EXCLUSIVE_DEVICE_ALLOCATE_CONFLICT
+        if device.totalcore != 0 and device.usedcores == device.totalcore and cores == 0:
+            return wire.Reason.CARD_COMPUTE_UNITS_EXHAUSTED
+        existing = mig_placements.get(device.id, ())
+        if device.mode == wire.MODE_MIG:
+            occupied = [*existing, *(p.mig.placement for p in picks if p.mig and p.device.id == device.id)]
+            chosen = _choose_mig_slice(device.mig_profiles, memreq, occupied)
+            if chosen is None:
+                return wire.Reason.CARD_MIG_TOPOLOGY_INFEASIBLE
+            profile, placement = chosen
+            granted = replace(granted, usedmem=profile.memory_mb, usedcores=profile.core)
+            # The slice books the profile's memory and cores, which may exceed the request: the quota must
+            # hold for what is actually booked.
+            if quota_fits is not None and not quota_fits([*(p.granted for p in picks), granted]):
+                return wire.Reason.RESOURCE_QUOTA_NOT_FIT
+            return _Pick(original, granted, MigSlice(profile.name, placement))
+        if existing:
+            # kube-vgpu's custom rule for shared (non-MIG) cards: a GPU still carrying MIG instances cannot
+            # also host hami-core shares.
+            return wire.Reason.CARD_NOT_FOUND_CUSTOM_FILTER_RULE
+        return _Pick(original, granted, None)
+
+    def success(chosen: Sequence[_Pick]) -> ContainerFit:
+        return ContainerFit(
+            fits=True,
+            devices=tuple(p.granted for p in chosen),
+            reasons={str(k): v for k, v in reasons.items()},
+            candidates=len(devices),
+            mig=tuple(p.mig for p in chosen),
+        )
+
+    for original in reversed(devices):
+        # Checks 1-3: health, cordon, type/mode filters.
+        if not original.health:
+            reasons[wire.Reason.CARD_NOT_HEALTH] += 1
+            continue
+        if original.id in cordoned:
+            reasons[wire.Reason.CARD_CORDONED] += 1
+            continue
+        if request.type != wire.NVIDIA or not pod_filters.type_allowed(original.type, original.mode):
+            reasons[wire.Reason.CARD_TYPE_MISMATCH] += 1
+            continue
+        # Check 4: with numa-bind, a card on another NUMA node restarts the collection there.
+        if pod_filters.numa_bind and original.numa != previous_numa:
+            if picks:
+                reasons[wire.Reason.NUMA_NOT_FIT] += len(picks)
+            picks.clear()
+            remaining = request.nums
+            previous_numa = original.numa
+        first_visit = True
+        while True:
+            outcome = share_check(original)
+            if isinstance(outcome, wire.Reason):
+                if first_visit:
+                    reasons[outcome] += 1
+                break
+            picks.append(outcome)
+            if not topology:
+                remaining -= 1
+                if remaining == 0:
+                    return success(picks)
+            # A MIG card can host several slices of the same container: offer it again.
+            if topology or original.mode != wire.MODE_MIG:
+                break
+            first_visit = False
+
+    if topology and len(picks) >= request.nums:
+        if len(picks) == request.nums:
+            return success(picks)
+        by_device = {id(p.device): p for p in picks}
+        candidates = [p.device for p in picks]
+        if request.nums == 1:
+            chosen: Sequence[DeviceUsage] = [worst_connected(candidates, pair_scores)]
+        else:
+            chosen = best_combination(candidates, request.nums, pair_scores)
+        return success([by_device[id(d)] for d in chosen])
+
+    if picks:
+        reasons[wire.Reason.ALLOCATED_CARDS_INSUFFICIENT_REQUEST] = len(picks)
+    counts = {str(k): v for k, v in reasons.items()}
+    return ContainerFit(
+        fits=False,
+        reason=format_reasons(counts, len(devices)),
+        reasons=counts,
+        candidates=len(devices),
+    )
+
+
+# --- One container on a node (HAMi fitInDevices) ------------------------------------------------------------
+
+
+def fit_container(
+    request: ContainerDeviceRequest,
+    devices: list[DeviceUsage],
+    *,
+    gpu_policy: str = wire.POLICY_SPREAD,
+    filters: PodFilters | None = None,
+    weights: DeviceScoringWeights | None = None,
+    cordoned: frozenset[str] = frozenset(),
+    pair_scores: PairScores = _NO_PAIR_SCORES,
+    mig_placements: dict[str, list[MigPlacement]] | None = None,
+    quota_fits: QuotaFits | None = None,
+) -> ContainerFit:
+    """Score the cards for this container, sort them by the GPU policy, fit, and on success book the chosen
+    cards into `devices` (`Used+1`, `Usedmem`, `Usedcores`) and their MIG slices into `mig_placements`.
+
+    Only cards whose type contains the request type take part. More cards requested than the node has of
+    that type fails with the plain reason `NodeInsufficientDevice` (unless the cards are MIG cards, which can
+    host several slices); a request type with no implementation fails with `Device type not found`.
+    """
+    pod_filters = filters if filters is not None else PodFilters()
+    candidates = [d for d in devices if request_matches_device(request.type, d.type)]
+    if request.nums > len(candidates) and not any(d.mode == wire.MODE_MIG for d in candidates):
+        return ContainerFit(fits=False, reason=wire.Reason.NODE_INSUFFICIENT_DEVICE.value)
+    if request.type != wire.NVIDIA:
+        return ContainerFit(fits=False, reason=wire.DEVICE_TYPE_NOT_FOUND)
+    card_weights = weights if weights is not None else DeviceScoringWeights()
+    scored = [ScoredDevice(d, device_score(d, [request], card_weights)) for d in candidates]
+    ordered = sort_devices(scored, gpu_policy, pod_filters.numa_bind)
+    result = fit_devices(
+        request,
+        [s.device for s in ordered],
+        gpu_policy=gpu_policy,
+        filters=pod_filters,
+        cordoned=cordoned,
+        pair_scores=pair_scores,
+        mig_placements=mig_placements if mig_placements is not None else _NO_MIG,
+        quota_fits=quota_fits,
+    )
+    if result.fits:
+        by_id = {d.id: d for d in candidates}
+        for granted, mig in zip(result.devices, result.mig, strict=True):
+            device = by_id[granted.uuid]
+            device.used += 1
+            device.usedmem += granted.usedmem
+            device.usedcores += granted.usedcores
+            if mig is not None and mig_placements is not None:
+                mig_placements.setdefault(granted.uuid, []).append(mig.placement)
+    return result
+
+
+# --- A pod on a node (HAMi scoreNode) -----------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Usage:
+    """A working copy of a node's usage: cards and MIG slices in use."""
+
+    devices: list[DeviceUsage]
+    mig: dict[str, list[MigPlacement]]
+
+    @classmethod
+    def of(cls, devices: Iterable[DeviceUsage], mig: Mapping[str, Sequence[MigPlacement]]) -> _Usage:
+        return cls([replace(d) for d in devices], {k: list(v) for k, v in mig.items()})
+
+    def copy(self) -> _Usage:
+        return _Usage.of(self.devices, self.mig)
+
+
+def fit_pod(
+    pod: PodContext, node: NodeSnapshot, policy: SchedulingPolicy, quota: QuotaView | None = None
+) -> NodeFit:
+    """Fit every container of the pod on the node (spec 3.5), without touching `node`.
+
+    The pod's `hami.io/*-scheduler-policy` annotations override `policy` (resolving twice is harmless).
+    Long-running containers (sidecars, then app containers, in slot order) are fitted cumulatively; each
+    init container is fitted alone against a copy holding the sidecars started before it. The node score is
+    the node's usage before this pod. Raises `PodAnnotationError` for invalid scoring weights.
+    """
+    weights = scoring_weights(pod.annotations)
+    policy = policy.resolve(pod.annotations)
+    filters = PodFilters.from_annotations(pod.annotations)
+    cordoned = node.cordoned
+    pair_scores = node.pair_scores if policy.topology_aware else _NO_PAIR_SCORES
+    long_running = _Usage.of(node.devices, node.mig_placements)
+    score = node_score(long_running.devices)
+    allocation: PodSingleDevice = [[] for _ in pod.requests]
+    mig: list[MigAssignment] = []
+
+    def quota_check(slot: int) -> QuotaFits | None:
+        if quota is None:
+            return None
+
+        def fits(cards: Sequence[ContainerDevice]) -> bool:
+            hypothetical = [*allocation[:slot], list(cards), *allocation[slot + 1 :]]
+            return quota.fits_allocation(pod.namespace, hypothetical, pod.init_count, pod.sidecar_slots)
+
+        return fits
+
+    for slot, request in enumerate(pod.requests):
+        if request is None:
+            continue  # an empty slot keeps slot i = container i
+        work = long_running.copy() if pod.is_init(slot) else long_running
+        result = fit_container(
+            request,
+            work.devices,
+            gpu_policy=policy.gpu_policy,
+            filters=filters,
+            weights=weights,
+            cordoned=cordoned,
+            pair_scores=pair_scores,
+            mig_placements=work.mig,
+            quota_fits=quota_check(slot),
+        )
+        if not result.fits:
+            return NodeFit(node=node.name, fits=False, reason=result.reason, score=score)
+        allocation[slot] = list(result.devices)
+        mig.extend(
+            MigAssignment(slot, index, granted.uuid, chosen.profile, chosen.placement)
+            for index, (granted, chosen) in enumerate(zip(result.devices, result.mig, strict=True))
+            if chosen is not None
+        )
+    return NodeFit(node=node.name, fits=True, score=score, devices=allocation, mig=tuple(mig))
+
+
+# --- Usage arithmetic (spec 3.4) ----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Use:
+    mem: int = 0
+    cores: int = 0
+    tasks: int = 0
+
+    def add(self, other: _Use) -> None:
+        self.mem += other.mem
+        self.cores += other.cores
+        self.tasks += other.tasks
+
+
+def collapse_allocation(
+    allocation: Sequence[Sequence[ContainerDevice]],
+    init_count: int,
+    sidecar_slots: frozenset[int] = frozenset(),
+) -> list[CollapsedDevice]:
+    """A pod's effective use of each GPU, sorted by (UUID, type) (HAMi `CollapseInitContainerUsage`, extended
+    for sidecars): the larger of the busiest init phase (one init container plus the sidecars started before
+    it) and the long-running sum (sidecars and app containers). `slots` is the task count of that peak, at
+    least 1. Without sidecars this is exactly `services.common.codecs.collapse_pod_devices`.
+    """
+    keys: dict[tuple[str, str], None] = {}
+    running: dict[tuple[str, str], _Use] = {}  # sidecars started so far, then everything long-running
+    init_peak: dict[tuple[str, str], _Use] = {}
+    for slot, cards in enumerate(allocation):
+        here: dict[tuple[str, str], _Use] = {}
+        for card in cards:
+            key = (card.uuid, card.type)
+            keys[key] = None
+            here.setdefault(key, _Use()).add(_Use(card.usedmem, card.usedcores, 1))
+        if slot < init_count and slot not in sidecar_slots:
+            for key, use in here.items():
+                before = running.get(key, _Use())
+                peak = init_peak.setdefault(key, _Use())
+                peak.mem = max(peak.mem, use.mem + before.mem)
+                peak.cores = max(peak.cores, use.cores + before.cores)
+                peak.tasks = max(peak.tasks, 1 + before.tasks)
+        else:
+            for key, use in here.items():
+                running.setdefault(key, _Use()).add(use)
+    collapsed = []
+    for uuid, device_type in sorted(keys):
+        peak = init_peak.get((uuid, device_type), _Use())
+        steady = running.get((uuid, device_type), _Use())
+        collapsed.append(
+            CollapsedDevice(
+                uuid=uuid,
+                type=device_type,
+                usedmem=max(peak.mem, steady.mem),
+                usedcores=max(peak.cores, steady.cores),
+                slots=max(peak.tasks, steady.tasks, 1),
+            )
+        )
+    return collapsed
+
+
+def apply_allocation(
+    devices: list[DeviceUsage],
+    allocation: Sequence[Sequence[ContainerDevice]],
+    init_count: int,
+    sidecar_slots: frozenset[int] = frozenset(),
+) -> list[str]:
+    """Add a pod's collapsed usage to a node's cards in place: `Used += max(slots, 1)`, `Usedmem += mem`,
+    `Usedcores += cores` per GPU. Returns the UUIDs the node does not have (ignored), in UUID order."""
+    by_id = {d.id: d for d in devices}
+    unknown: list[str] = []
+    for use in collapse_allocation(allocation, init_count, sidecar_slots):
+        device = by_id.get(use.uuid)
+        if device is None:
+            unknown.append(use.uuid)
+            continue
+        device.used += max(use.slots, 1)
+        device.usedmem += use.usedmem
+        device.usedcores += use.usedcores
+    return unknown
+
+
+# --- Ranking nodes (spec 3.7, known weakness 1) -------------------------------------------------------------
+
+
+def _spread(node_policy: str) -> bool:
+    return node_policy.strip() == wire.POLICY_SPREAD
+
+
+def priority_scores(fits: Sequence[NodeFit], node_policy: str) -> dict[str, int]:
+    """Node name -> 0..10 for kube-scheduler's prioritize verb. Node scores are scaled across the fitting
+    nodes: binpack gives the busiest node 10 and the emptiest 0, spread the reverse; when every fitting node
+    scores the same they all get 10 (no preference). Nodes that do not fit get 0."""
+    scores = [f.score for f in fits if f.fits]
+    if not scores:
+        return {f.node: 0 for f in fits}
+    low, high = min(scores), max(scores)
+    result: dict[str, int] = {}
+    for f in fits:
+        if not f.fits:
+            result[f.node] = 0
+        elif high == low:
+            result[f.node] = MAX_PRIORITY
+        else:
+            share = (high - f.score if _spread(node_policy) else f.score - low) / (high - low)
+            result[f.node] = min(MAX_PRIORITY, max(0, math.floor(share * MAX_PRIORITY + 0.5)))
+    return result
+
+
+def choose_best(fits: Sequence[NodeFit], node_policy: str) -> NodeFit | None:
+    """HAMi's single choice among the fitting nodes: the highest node score under binpack (the busiest node),
+    the lowest under spread; the first such node in `fits` on ties. None when nothing fits."""
+    fitting = [f for f in fits if f.fits]
+    if not fitting:
+        return None
+    if _spread(node_policy):
+        return min(fitting, key=lambda f: f.score)
+    return max(fitting, key=lambda f: f.score)
