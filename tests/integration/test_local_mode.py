@@ -64,13 +64,13 @@ def test_vgpuctl_nodes_reads_the_inventory(kube_local_url: str, tmp_path: Path) 
 
     with new_api_client(KubeAccess(server=kube_local_url)) as api:
         register_cluster(api, load_cluster(REPO / "deploy/local/cluster.yaml"))
-    result = _run(str(BIN / "vgpuctl"), "--server", kube_local_url, "-o", "json", "nodes", "gpu-node-a")
+    result = _run(str(BIN / "vgpuctl"), "--server", kube_local_url, "-o", "json", "inventory", "gpu-node-a")
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
     assert [r["gpu"] for r in rows] == ["0", "1"]
     assert {r["type"] for r in rows} == {"NVIDIA-Tesla T4"}
     assert rows[1]["numa"] == "1"
-    table = _run(str(BIN / "vgpuctl"), "--server", kube_local_url, "nodes", "-l", "gpu=on")
+    table = _run(str(BIN / "vgpuctl"), "--server", kube_local_url, "inventory", "-l", "gpu=on")
     assert table.returncode == 0
     assert table.stdout.splitlines()[0].startswith("NODE")
     assert "cpu-node" not in table.stdout
@@ -79,9 +79,9 @@ def test_vgpuctl_nodes_reads_the_inventory(kube_local_url: str, tmp_path: Path) 
 def test_vgpuctl_exit_codes() -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST")}
     no_api = subprocess.run(
-        [str(BIN / "vgpuctl"), "nodes"], capture_output=True, text=True, env=env, timeout=30, check=False
+        [str(BIN / "vgpuctl"), "inventory"], capture_output=True, text=True, env=env, timeout=30, check=False
     )
     assert no_api.returncode == 2 and "kube.server" in no_api.stderr
-    dead = _run(str(BIN / "vgpuctl"), "--server", "http://127.0.0.1:9", "nodes")
+    dead = _run(str(BIN / "vgpuctl"), "--server", "http://127.0.0.1:9", "inventory")
     assert dead.returncode == 1 and "cannot reach the API server" in dead.stderr
     assert wire.NODE_NVIDIA_REGISTER == "hami.io/node-nvidia-register"
