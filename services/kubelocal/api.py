@@ -8,7 +8,8 @@ Paths are the apiserver's (``/api/v1/namespaces/{ns}/pods/{name}/status``, ``/ap
 
 The two admission points are :class:`~services.kubelocal.admission.AdmissionChain` calls in
 :meth:`ApiHandlers._create`, :meth:`ApiHandlers._update_loop`, :meth:`ApiHandlers._delete_one` and
-:meth:`ApiHandlers._bind`; see ``admission.py`` for what hooks receive.
+:meth:`ApiHandlers._bind`; see ``admission.py`` for what hooks receive. Mutating admission also
+calls the stored mutating admission webhooks, after the in-process hooks (``webhooks.py``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import json
 import random
 from collections.abc import Callable
@@ -37,6 +39,7 @@ from services.kubelocal.patch import (
 )
 from services.kubelocal.resources import (
     ALL_RESOURCES,
+    MUTATING_WEBHOOK_CONFIGURATIONS,
     NAMESPACES,
     OBJECT_VERBS,
     PODS,
@@ -65,6 +68,8 @@ from services.kubelocal.store import (
     new_uid,
     now_timestamp,
 )
+from services.kubelocal.webhook_config import validate_webhook_configuration
+from services.kubelocal.webhooks import WebhookDispatcher
 
 log = structlog.get_logger("kube-local")
 
@@ -122,7 +127,15 @@ class ApiHandlers:
     def __init__(self, store: Store, admission: AdmissionChain, watch: WatchOptions) -> None:
         self.store = store
         self.admission = admission
+        self.webhooks = WebhookDispatcher(store)
         self.watch_options = watch
+
+    async def _mutate(self, request: AdmissionRequest) -> Obj | None:
+        """Mutating admission: the in-process hooks, then the mutating admission webhooks of the
+        stored MutatingWebhookConfigurations (``webhooks.py``), in the apiserver's order."""
+        obj = await self.admission.mutate(request)
+        hooked = await self.webhooks.admit(dataclasses.replace(request, object=obj))
+        return hooked if hooked is not None else obj
 
     # --- routing ---------------------------------------------------------------------------------
 
@@ -511,6 +524,8 @@ class ApiHandlers:
             raise errors.invalid(
                 rt.kind, name, "metadata.finalizers", "Invalid value: must be a list of strings"
             )
+        if rt is MUTATING_WEBHOOK_CONFIGURATIONS:
+            validate_webhook_configuration(obj)
         if rt is PODS:
             spec = obj.get("spec")
             containers = spec.get("containers") if isinstance(spec, dict) else None
@@ -612,7 +627,7 @@ class ApiHandlers:
         if t.rt.namespaced and not self.store.namespace_exists(namespace):
             raise errors.not_found("namespaces", namespace)  # before admission, like NamespaceLifecycle
         # MUTATING ADMISSION: the object as decoded and defaulted, before system fields.
-        mutated = await self.admission.mutate(
+        mutated = await self._mutate(
             AdmissionRequest(
                 "CREATE", t.rt, namespace, str(meta(obj).get("name") or ""), obj, dry_run=dry_run
             )
@@ -657,7 +672,7 @@ class ApiHandlers:
                 raise errors.stale(t.rt.plural, name, t.rt.group)
             apply_defaults(t.rt, new)
             # MUTATING ADMISSION (UPDATE): sees the requested object and the current one.
-            mutated = await self.admission.mutate(
+            mutated = await self._mutate(
                 AdmissionRequest("UPDATE", t.rt, namespace, name, new, current, t.subresource or "", dry_run)
             )
             new = self._normalize(t.rt, mutated, t.namespace, name)
@@ -820,7 +835,7 @@ class ApiHandlers:
         if not name:
             raise errors.invalid("Binding", name, "metadata.name", "Required value")
         # MUTATING ADMISSION (CREATE pods/binding)
-        mutated = await self.admission.mutate(
+        mutated = await self._mutate(
             AdmissionRequest("CREATE", PODS, namespace, name, binding, None, "binding", dry_run)
         )
         binding = self._normalize(PODS, mutated, namespace, name, kind="Binding")

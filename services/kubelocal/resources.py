@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.kubelocal.webhook_config import apply_webhook_defaults
+
 Obj = dict[str, Any]
 
 _DNS1123_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -158,7 +160,24 @@ LEASES = ResourceType(
     namespaced=True,
 )
 
-ALL_RESOURCES: tuple[ResourceType, ...] = (NAMESPACES, NODES, PODS, EVENTS, RESOURCE_QUOTAS, LEASES)
+MUTATING_WEBHOOK_CONFIGURATIONS = ResourceType(
+    "admissionregistration.k8s.io",
+    "v1",
+    "mutatingwebhookconfigurations",
+    "mutatingwebhookconfiguration",
+    "MutatingWebhookConfiguration",
+    namespaced=False,
+)
+
+ALL_RESOURCES: tuple[ResourceType, ...] = (
+    NAMESPACES,
+    NODES,
+    PODS,
+    EVENTS,
+    RESOURCE_QUOTAS,
+    LEASES,
+    MUTATING_WEBHOOK_CONFIGURATIONS,
+)
 
 #: (group, version) -> {plural: type}
 RESOURCES: dict[tuple[str, str], dict[str, ResourceType]] = {}
@@ -228,8 +247,12 @@ def apply_defaults(rt: ResourceType, obj: Obj) -> None:
     """Server-side defaulting, done before admission like the apiserver's decoder does.
 
     Only the pod defaults our components look at (scheduler name, restart/DNS policy, grace
-    period, container pull policy) are applied; the apiserver applies many more.
+    period, container pull policy) are applied; the apiserver applies many more. Mutating webhook
+    configurations get the admissionregistration/v1 defaults (see ``webhook_config.py``).
     """
+    if rt is MUTATING_WEBHOOK_CONFIGURATIONS:
+        apply_webhook_defaults(obj)
+        return
     if rt is not PODS:
         return
     spec = obj.get("spec")

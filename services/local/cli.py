@@ -3,6 +3,9 @@
 `up` starts kube-local as its own process, registers the simulated nodes of a cluster file through the
 official client (exactly as the device plugin would), prints the inventory the scheduler will see, and
 keeps running until Ctrl-C (or exits at once with --once, for scripts and tests).
+
+`kube-scheduler` runs the kube-scheduler stand-in (`kube_scheduler.py`) against a running kube-local with
+a real KubeSchedulerConfiguration file, calling its extenders as kube-scheduler does, until SIGTERM/Ctrl-C.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from services.common.entrypoint import wait_for_shutdown
 from services.common.inventory import INVENTORY_COLUMNS, format_table, inventory_rows
 from services.common.kube import KubeAccess, list_raw, new_api_client
 from services.common.log import LogConfig, configure_logging, get_logger
+from services.local import kube_scheduler
 from services.local.cluster import LocalCluster, load_cluster, node_object
 
 SYSTEM_NAMESPACE = "kube-vgpu-system"
@@ -96,7 +100,7 @@ def cluster_summary(api: client.ApiClient, url: str) -> str:
     header = (
         f"kube-vgpu local mode: kube-local at {url}\n"
         f"{len(nodes)} nodes, {gpus} GPUs, {vgpus} schedulable vGPU slots (nvidia.com/gpu)\n"
-        f"  vgpuctl --server {url} nodes   # the same inventory, from another terminal\n"
+        f"  vgpuctl --server {url} inventory   # the same inventory, from another terminal\n"
     )
     return header + format_table(rows, INVENTORY_COLUMNS)
 
@@ -161,8 +165,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p_up.add_argument("--state-dir", default=None, help="keep kube-local's objects across restarts")
     p_up.add_argument("--once", action="store_true", help="print the summary, stop everything and exit")
+    p_ks = sub.add_parser(
+        "kube-scheduler",
+        help="run the kube-scheduler stand-in: profiles and extenders of a KubeSchedulerConfiguration",
+    )
+    p_ks.add_argument(
+        "--server",
+        default=f"http://127.0.0.1:{os.environ.get('KUBE_LOCAL_PORT', '8001')}",
+        help="kube-local URL (default http://127.0.0.1:$KUBE_LOCAL_PORT, port 8001)",
+    )
+    p_ks.add_argument(
+        "--config",
+        default="deploy/local/kube-scheduler.yaml",
+        help="KubeSchedulerConfiguration file (kubescheduler.config.k8s.io/v1)",
+    )
     args = parser.parse_args(argv)
     configure_logging(LogConfig(level=args.log_level), service="kube-vgpu-local")
+    if args.command == "kube-scheduler":
+        return kube_scheduler.run_cli(args.server, args.config)
     return up(args)
 
 

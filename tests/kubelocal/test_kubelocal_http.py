@@ -38,7 +38,7 @@ def test_core_discovery(raw):
 def test_group_discovery(raw, api_client):
     status, groups = raw("GET", "/apis")
     assert status == 200 and groups["kind"] == "APIGroupList"
-    assert [g["name"] for g in groups["groups"]] == ["coordination.k8s.io"]
+    assert [g["name"] for g in groups["groups"]] == ["admissionregistration.k8s.io", "coordination.k8s.io"]
     status, resources = raw("GET", "/apis/coordination.k8s.io/v1")
     assert status == 200 and resources["groupVersion"] == "coordination.k8s.io/v1"
     assert [r["name"] for r in resources["resources"]] == ["leases"]
