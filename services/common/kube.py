@@ -70,3 +70,10 @@ def list_raw(list_call: Callable[..., Any], **kwargs: Any) -> list[dict[str, Any
     response = list_call(_preload_content=False, **kwargs)
     items: list[dict[str, Any]] = json.loads(response.data)["items"]
     return items
+
+
+def read_raw(read_call: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """One object as a plain JSON dict (the same shape a watch or list delivers)."""
+    response = read_call(*args, _preload_content=False, **kwargs)
+    obj: dict[str, Any] = json.loads(response.data)
+    return obj

@@ -13,12 +13,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
-import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,42 +29,11 @@ from services.common.kube import KubeAccess, list_raw, new_api_client
 from services.common.log import LogConfig, configure_logging, get_logger
 from services.local import kube_scheduler
 from services.local.cluster import LocalCluster, load_cluster, node_object
+from services.local.demo import DemoError, load_demo_pods, run_demo
+from services.local.suite import Suite, SuiteError
 
 SYSTEM_NAMESPACE = "kube-vgpu-system"
 log = get_logger("kube-vgpu-local")
-
-
-class LocalModeError(RuntimeError):
-    pass
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def _kube_local_command(host: str, port: int, state_dir: str | None) -> list[str]:
-    script = Path(sys.executable).with_name("kube-local")
-    base = [str(script)] if script.exists() else [sys.executable, "-m", "services.kubelocal"]
-    cmd = [*base, "--host", host, "--port", str(port)]
-    if state_dir:
-        cmd += ["--state-dir", state_dir]
-    return cmd
-
-
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise LocalModeError(f"kube-local exited with status {proc.returncode} before it was ready")
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=1) as resp:
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.1)
-    raise LocalModeError(f"kube-local at {url} not ready after {timeout:.0f}s")
 
 
 def register_cluster(api: client.ApiClient, cluster: LocalCluster) -> None:
@@ -105,47 +70,52 @@ def cluster_summary(api: client.ApiClient, url: str) -> str:
     return header + format_table(rows, INVENTORY_COLUMNS)
 
 
-async def _serve_until_stopped(proc: subprocess.Popen[bytes]) -> None:
+async def _serve_until_stopped(suite: Suite) -> None:
     waiter = asyncio.create_task(wait_for_shutdown())
-    while not waiter.done():
-        if proc.poll() is not None:
-            waiter.cancel()
-            raise LocalModeError(f"kube-local exited unexpectedly with status {proc.returncode}")
-        await asyncio.sleep(0.5)
+    try:
+        while not waiter.done():
+            suite.check_alive()
+            await asyncio.sleep(0.5)
+    finally:
+        waiter.cancel()
 
 
 def up(args: argparse.Namespace) -> int:
     try:
         cluster = load_cluster(args.cluster)
+        demo_pods = load_demo_pods(args.demo) if args.demo else []
     except ConfigError as exc:
         print(f"kube-vgpu-local: {exc}", file=sys.stderr)
         return 2
-    port = args.port or _free_port(args.host)
-    url = f"http://{args.host}:{port}"
-    state_dir = args.state_dir
-    if state_dir:
-        os.makedirs(state_dir, exist_ok=True)
-    proc = subprocess.Popen(_kube_local_command(args.host, port, state_dir))
+    run_dir = Path(args.run_dir or tempfile.mkdtemp(prefix="kube-vgpu-local-"))
+    suite = Suite(run_dir=run_dir, host=args.host, kube_local_port=args.port, state_dir=args.state_dir)
     try:
-        _wait_ready(url, proc)
+        url = suite.start_kube_local()
         with new_api_client(KubeAccess(server=url)) as api:
             register_cluster(api, cluster)
             print(cluster_summary(api, url), flush=True)
+            if not args.api_only:
+                suite.start_control_plane()
+                print(
+                    f"\ncontrol plane up (logs in {run_dir / 'logs'}): webhook, scheduler extender on "
+                    f"127.0.0.1:{suite.extender_port}, kube-scheduler stand-in\n"
+                    f"  vgpuctl --scheduler {suite.scheduler_grpc} nodes",
+                    flush=True,
+                )
+            if demo_pods:
+                print(
+                    "\n" + run_demo(api, demo_pods, timeout=args.demo_timeout, expect_running=False),
+                    flush=True,
+                )
         if not args.once:
             print("\nlocal mode is up; Ctrl-C stops it", flush=True)
-            asyncio.run(_serve_until_stopped(proc))
+            asyncio.run(_serve_until_stopped(suite))
         return 0
-    except (LocalModeError, ApiException) as exc:
+    except (SuiteError, DemoError, ApiException) as exc:
         print(f"kube-vgpu-local: {exc}", file=sys.stderr)
         return 1
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        suite.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -165,6 +135,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p_up.add_argument("--state-dir", default=None, help="keep kube-local's objects across restarts")
     p_up.add_argument("--once", action="store_true", help="print the summary, stop everything and exit")
+    p_up.add_argument("--api-only", action="store_true", help="only kube-local and the simulated nodes")
+    p_up.add_argument("--demo", metavar="FILE", help="pods to submit once the suite is up (YAML, multi-doc)")
+    p_up.add_argument("--demo-timeout", type=float, default=60.0, help="seconds to wait for the demo pods")
+    p_up.add_argument("--run-dir", help="where configs, certificates and logs go (default: a new temp dir)")
     p_ks = sub.add_parser(
         "kube-scheduler",
         help="run the kube-scheduler stand-in: profiles and extenders of a KubeSchedulerConfiguration",

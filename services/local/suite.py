@@ -1,0 +1,273 @@
+"""Local mode's process supervisor: every component as its own process, wired the way a cluster wires them.
+
+kube-local (API server) <- webhook (HTTPS, registered through a MutatingWebhookConfiguration with a CA
+bundle) <- scheduler extender (HTTP) <- kube-scheduler stand-in (reads a KubeSchedulerConfiguration), plus
+per GPU node a device plugin and a kubelet stand-in. Each process logs JSON to `<run dir>/logs/<name>.log`;
+configs are written to `<run dir>/config/`. Ports are picked free at start so two suites never collide.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from services.common.certs import issue_serving_certificate
+from services.common.log import get_logger
+
+log = get_logger("kube-vgpu-local")
+BIN = Path(sys.executable).parent
+REPO_DEPLOY_LOCAL = Path("deploy/local")
+
+
+class SuiteError(RuntimeError):
+    pass
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def console_script(name: str, module: str) -> list[str]:
+    script = BIN / name
+    return [str(script)] if script.exists() else [sys.executable, "-m", module]
+
+
+@dataclass
+class ManagedProcess:
+    name: str
+    argv: list[str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, env: dict[str, str] | None = None) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log_file:
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **(env or {})},
+            )
+        log.info("process_started", process=self.name, pid=self.proc.pid, log=str(self.log_path))
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def wait_until(
+    what: str, check: Callable[[], bool], process: ManagedProcess | None = None, timeout: float = 30.0
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and not process.alive():
+            code = process.proc.returncode if process.proc else None
+            raise SuiteError(f"{process.name} exited with status {code}; last log lines:\n{process.tail()}")
+        try:
+            if check():
+                return
+        except (OSError, urllib.error.URLError, ssl.SSLError):
+            pass
+        time.sleep(0.1)
+    tail = f"; last log lines:\n{process.tail()}" if process is not None else ""
+    raise SuiteError(f"{what} not ready after {timeout:.0f}s{tail}")
+
+
+def http_ok(url: str, ca_file: Path | None = None) -> bool:
+    context = ssl.create_default_context(cafile=str(ca_file)) if ca_file else None
+    with urllib.request.urlopen(url, timeout=1, context=context) as resp:
+        return bool(resp.status == 200)
+
+
+@dataclass
+class Suite:
+    """Starts and stops the processes of local mode; `url` is the kube-local API server."""
+
+    run_dir: Path
+    host: str = "127.0.0.1"
+    kube_local_port: int = 0
+    state_dir: str | None = None
+    processes: list[ManagedProcess] = field(default_factory=list)
+    url: str = ""
+    extender_port: int = 0
+    scheduler_grpc: str = ""
+
+    def _process(self, name: str, argv: list[str]) -> ManagedProcess:
+        process = ManagedProcess(name, argv, self.run_dir / "logs" / f"{name}.log")
+        self.processes.append(process)
+        return process
+
+    def _write_config(self, name: str, data: dict[str, Any]) -> Path:
+        path = self.run_dir / "config" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return path
+
+    def start_kube_local(self) -> str:
+        port = self.kube_local_port or free_port(self.host)
+        argv = [*console_script("kube-local", "services.kubelocal"), "--host", self.host, "--port", str(port)]
+        if self.state_dir:
+            Path(self.state_dir).mkdir(parents=True, exist_ok=True)
+            argv += ["--state-dir", self.state_dir]
+        process = self._process("kube-local", argv)
+        process.start()
+        self.url = f"http://{self.host}:{port}"
+        wait_until("kube-local", lambda: http_ok(f"{self.url}/readyz"), process)
+        return self.url
+
+    def start_control_plane(self, device_config: Path | None = None) -> None:
+        """Webhook (HTTPS) + scheduler extender + kube-scheduler stand-in, and the webhook registration."""
+        tls_dir = self.run_dir / "tls"
+        ca, cert, key = issue_serving_certificate([self.host, "localhost"]).write(tls_dir)
+        kube = {"server": self.url}
+        logs = {"format": "json"}
+        webhook_port = free_port(self.host)
+        webhook_cfg = self._write_config(
+            "webhook.yaml",
+            {
+                "http_bind": f"{self.host}:{webhook_port}",
+                "cert_file": str(cert),
+                "key_file": str(key),
+                "device_config_file": str(device_config) if device_config else None,
+                "kube": kube,
+                "log": logs,
+            },
+        )
+        webhook = self._process(
+            "webhook",
+            [*console_script("kube-vgpu-webhook", "services.webhook"), "--config", str(webhook_cfg)],
+        )
+        webhook.start()
+
+        self.extender_port = free_port(self.host)
+        self.scheduler_grpc = f"{self.host}:{free_port(self.host)}"
+        scheduler_cfg = self._write_config(
+            "scheduler.yaml",
+            {
+                "http_bind": f"{self.host}:{self.extender_port}",
+                "grpc_bind": self.scheduler_grpc,
+                "metrics_bind_address": f"{self.host}:{free_port(self.host)}",
+                "device_config_file": str(device_config) if device_config else None,
+                "health_interval_seconds": 2,
+                "kube": kube,
+                "log": logs,
+            },
+        )
+        scheduler = self._process(
+            "scheduler",
+            [*console_script("kube-vgpu-scheduler", "services.scheduler"), "--config", str(scheduler_cfg)],
+        )
+        scheduler.start()
+
+        wait_until(
+            "webhook", lambda: http_ok(f"https://{self.host}:{webhook_port}/readyz", ca_file=ca), webhook
+        )
+        wait_until(
+            "scheduler extender",
+            lambda: http_ok(f"http://{self.host}:{self.extender_port}/readyz"),
+            scheduler,
+        )
+        self._register_webhook(f"https://{self.host}:{webhook_port}/webhook", ca.read_bytes())
+
+        standin_cfg = yaml.safe_load((REPO_DEPLOY_LOCAL / "kube-scheduler.yaml").read_text())
+        for extender in standin_cfg.get("extenders") or []:
+            extender["urlPrefix"] = f"http://{self.host}:{self.extender_port}"
+        standin_path = self._write_config("kube-scheduler.yaml", standin_cfg)
+        standin = self._process(
+            "kube-scheduler",
+            [
+                *console_script("kube-vgpu-local", "services.local"),
+                "kube-scheduler",
+                "--server",
+                self.url,
+                "--config",
+                str(standin_path),
+            ],
+        )
+        standin.start()
+
+    def _register_webhook(self, url: str, ca_pem: bytes) -> None:
+        """HAMi's registration (spec §4): pods CREATE, Ignore on failure, `hami.io/webhook NotIn [ignore]`."""
+        from kubernetes import client
+
+        from services.common.kube import KubeAccess, new_api_client
+
+        selector = {
+            "matchExpressions": [{"key": "hami.io/webhook", "operator": "NotIn", "values": ["ignore"]}]
+        }
+        body: Any = {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "MutatingWebhookConfiguration",
+            "metadata": {"name": "kube-vgpu-webhook"},
+            "webhooks": [
+                {
+                    "name": "vgpu.hami.io",
+                    "clientConfig": {"url": url, "caBundle": base64.b64encode(ca_pem).decode()},
+                    "rules": [
+                        {
+                            "operations": ["CREATE"],
+                            "apiGroups": [""],
+                            "apiVersions": ["v1"],
+                            "resources": ["pods"],
+                        }
+                    ],
+                    "admissionReviewVersions": ["v1beta1"],
+                    "sideEffects": "None",
+                    "failurePolicy": "Ignore",
+                    "timeoutSeconds": 10,
+                    "namespaceSelector": selector,
+                    "objectSelector": selector,
+                }
+            ],
+        }
+        with new_api_client(KubeAccess(server=self.url)) as api:
+            admission = client.AdmissionregistrationV1Api(api)
+            try:
+                admission.delete_mutating_webhook_configuration("kube-vgpu-webhook")
+            except client.exceptions.ApiException as exc:
+                if exc.status != 404:
+                    raise
+            admission.create_mutating_webhook_configuration(body)
+
+    def check_alive(self) -> None:
+        for process in self.processes:
+            if not process.alive():
+                code = process.proc.returncode if process.proc else None
+                raise SuiteError(
+                    f"{process.name} exited with status {code}; last log lines:\n{process.tail()}"
+                )
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
