@@ -18,6 +18,31 @@ BIN = Path(sys.executable).parent
 SERVICES = ["kube-vgpu-scheduler", "kube-vgpu-webhook", "kube-vgpu-device-plugin", "kube-vgpu-monitor"]
 # The webhook serves health on its HTTPS listener (GET /healthz), not gRPC: see test_webhook_entrypoint.py.
 GRPC_SERVICES = [s for s in SERVICES if s != "kube-vgpu-webhook"]
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _extra_args(prog: str, sock_dir: str) -> list[str]:
+    """Flags a service needs beyond --grpc-bind to start on a machine without GPUs or a cluster."""
+    if prog == "kube-vgpu-device-plugin":
+        # Simulated GPUs of a local-mode node; the API server is unreachable (the plugin keeps retrying),
+        # and there is no kubelet.sock in the plugin dir (it waits for one), yet health must answer.
+        return [
+            "--node-name",
+            "gpu-node-a",
+            "--backend",
+            "simulated",
+            "--simulated-inventory",
+            str(REPO / "deploy/local/cluster.yaml"),
+            "--plugin-dir",
+            sock_dir,
+            "--host-hook-path",
+            f"{sock_dir}/hook",
+            "--vgpulock-dir",
+            f"{sock_dir}/vgpulock",
+            "--set",
+            "kube.server=http://127.0.0.1:9",
+        ]
+    return []
 
 
 def _wait_serving(target: str, proc: subprocess.Popen[str], timeout: float = 20) -> None:
@@ -43,7 +68,7 @@ def test_service_serves_health_and_stops_on_sigterm(prog: str) -> None:
         "KUBE_VGPU_" + prog.removeprefix("kube-vgpu-").replace("-", "_").upper() + "_LOG__FORMAT": "json",
     }
     proc = subprocess.Popen(
-        [str(BIN / prog), "--grpc-bind", target],
+        [str(BIN / prog), "--grpc-bind", target, *_extra_args(prog, sock_dir)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
