@@ -39,9 +39,10 @@ pytest: build
 
 test: build lint pytest
 
-# Starts kube-local with the simulated cluster of deploy/local/cluster.yaml and the suite in local mode.
+# Local mode: kube-local with the simulated cluster of deploy/local/cluster.yaml, every component as its own
+# process, and the demo pods of deploy/local/demo-pods.yaml taken through the whole path.
 run: build
-	$(BIN)/kube-vgpu-local up --cluster deploy/local/cluster.yaml $(RUN_ARGS)
+	$(BIN)/kube-vgpu-local up --cluster deploy/local/cluster.yaml --demo deploy/local/demo-pods.yaml $(RUN_ARGS)
 
 # Benchmarks print their figures; they assert nothing and are not part of `make test`.
 bench: build

@@ -27,7 +27,7 @@ from services.common.entrypoint import wait_for_shutdown
 from services.common.inventory import INVENTORY_COLUMNS, format_table, inventory_rows
 from services.common.kube import KubeAccess, list_raw, new_api_client
 from services.common.log import LogConfig, configure_logging, get_logger
-from services.local import kube_scheduler
+from services.local import kube_scheduler, kubelet
 from services.local.cluster import LocalCluster, load_cluster, node_object
 from services.local.demo import DemoError, load_demo_pods, run_demo
 from services.local.suite import Suite, SuiteError
@@ -96,6 +96,7 @@ def up(args: argparse.Namespace) -> int:
             print(cluster_summary(api, url), flush=True)
             if not args.api_only:
                 suite.start_control_plane()
+                suite.start_nodes(Path(args.cluster).resolve(), [n.name for n in cluster.nodes if n.gpus])
                 print(
                     f"\ncontrol plane up (logs in {run_dir / 'logs'}): webhook, scheduler extender on "
                     f"127.0.0.1:{suite.extender_port}, kube-scheduler stand-in\n"
@@ -104,7 +105,8 @@ def up(args: argparse.Namespace) -> int:
                 )
             if demo_pods:
                 print(
-                    "\n" + run_demo(api, demo_pods, timeout=args.demo_timeout, expect_running=False),
+                    "\n"
+                    + run_demo(api, demo_pods, timeout=args.demo_timeout, expect_running=not args.api_only),
                     flush=True,
                 )
         if not args.once:
@@ -119,6 +121,10 @@ def up(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["kubelet"]:
+        # The kubelet stand-in has its own flags (`kube-vgpu-local kubelet --help`).
+        return kubelet.main(args_list[1:])
     parser = argparse.ArgumentParser(
         prog="kube-vgpu-local", description=__doc__.splitlines()[0] if __doc__ else None
     )
@@ -153,7 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="deploy/local/kube-scheduler.yaml",
         help="KubeSchedulerConfiguration file (kubescheduler.config.k8s.io/v1)",
     )
-    args = parser.parse_args(argv)
+    sub.add_parser("kubelet", help="run the kubelet stand-in for one node (see kubelet --help)")
+    args = parser.parse_args(args_list)
     configure_logging(LogConfig(level=args.log_level), service="kube-vgpu-local")
     if args.command == "kube-scheduler":
         return kube_scheduler.run_cli(args.server, args.config)

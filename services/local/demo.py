@@ -44,7 +44,7 @@ def load_demo_pods(path: str | Path) -> list[dict[str, Any]]:
 
 
 def _quantities_as_strings(pod: dict[str, Any]) -> dict[str, Any]:
-    """YAML reads `nvidia.com/gpu: 1` as a number; on the wire a quantity is a string (kubectl converts too)."""
+    """YAML reads `nvidia.com/gpu: 1` as a number; on the wire a quantity is a string (as kubectl sends)."""
     spec = pod.get("spec") or {}
     for key in ("initContainers", "containers"):
         for container in spec.get(key) or []:
@@ -71,14 +71,15 @@ def _limits(annotations: Mapping[str, str]) -> str:
     if not raw:
         return ""
     try:
-        containers = json.loads(raw)
+        recorded = json.loads(raw)
     except json.JSONDecodeError:
         return ""
+    containers = recorded.get("containers") if isinstance(recorded, dict) else None
     parts = []
     for entry in containers if isinstance(containers, list) else []:
-        env = entry.get("envs") or entry.get("env") or {}
+        env = entry.get("envs") or {}
         limits = [f"{k.removeprefix('CUDA_DEVICE_')}={v}" for k, v in sorted(env.items()) if "LIMIT" in k]
-        parts.append(f"{entry.get('container', '?')}: {' '.join(limits) or 'no limits'}")
+        parts.append(f"{entry.get('name', '?')}: {' '.join(limits) or 'no limits'}")
     return "; ".join(parts)
 
 

@@ -217,6 +217,57 @@ class Suite:
         )
         standin.start()
 
+    def start_nodes(self, cluster_file: Path, node_names: list[str]) -> None:
+        """Per GPU node: a kubelet stand-in and our device plugin on simulated GPUs, sharing a plugin dir."""
+        for node in node_names:
+            node_dir = self.run_dir / "nodes" / node
+            node_dir.mkdir(parents=True, exist_ok=True)
+            kubelet = self._process(
+                f"kubelet-{node}",
+                [
+                    *console_script("kube-vgpu-local", "services.local"),
+                    "kubelet",
+                    "--dir",
+                    str(node_dir),
+                    "--node-name",
+                    node,
+                    "--server",
+                    self.url,
+                ],
+            )
+            kubelet.start()
+            plugin = self._process(
+                f"device-plugin-{node}",
+                [
+                    *console_script("kube-vgpu-device-plugin", "services.device_plugin"),
+                    "--node-name",
+                    node,
+                    "--backend",
+                    "simulated",
+                    "--simulated-inventory",
+                    str(cluster_file),
+                    "--plugin-dir",
+                    str(node_dir),
+                    "--host-hook-path",
+                    str(node_dir / "hook"),
+                    "--vgpulock-dir",
+                    str(node_dir / "vgpulock"),
+                    "--grpc-bind",
+                    f"{self.host}:0",
+                    "--set",
+                    f"kube.server={self.url}",
+                    "--set",
+                    "log.format=json",
+                ],
+            )
+            plugin.start()
+        for node in node_names:
+            sock = self.run_dir / "nodes" / node / "kubelet.sock"
+            wait_until(f"kubelet stand-in of {node}", sock.exists, self._by_name(f"kubelet-{node}"))
+
+    def _by_name(self, name: str) -> ManagedProcess:
+        return next(p for p in self.processes if p.name == name)
+
     def _register_webhook(self, url: str, ca_pem: bytes) -> None:
         """HAMi's registration (spec §4): pods CREATE, Ignore on failure, `hami.io/webhook NotIn [ignore]`."""
         from kubernetes import client

@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import grpc
+from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
 
 from kubevgpu.device.v1 import device_pb2
 from kubevgpu.scheduler.v1 import scheduler_service_pb2 as pb
@@ -24,6 +26,8 @@ from services.common.resources import NvidiaRequestConfig
 from services.scheduler.cache import PodUsage, UsageCache
 from services.scheduler.filtering import FilterOutcome, evaluate
 from services.scheduler.fit import NodeFit, PodAnnotationError, SchedulingPolicy, node_score, pod_context
+from services.scheduler.offload import offload, raw_json
+from services.scheduler.runtime import SchedulerRuntime
 
 SERVICE_NAME = "kubevgpu.scheduler.v1.SchedulerService"
 _REASON_TOTAL = re.compile(r"^\d+/(\d+) ")
@@ -243,7 +247,12 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         if not request.name:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "name is required")
         namespace = request.namespace or "default"
-        pod = await self._get_pod(namespace, request.name)
+        try:
+            pod = await self._get_pod(namespace, request.name)
+        except (ApiException, OSError, HTTPError) as exc:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, f"cannot read pod {namespace}/{request.name}: {exc}"
+            )
         if pod is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"pod {namespace}/{request.name} not found")
         assert pod is not None
@@ -286,3 +295,24 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
             verdicts=verdicts,
             message=f"would land on {best.node} ({outcome.policy.node_policy} node policy)",
         )
+
+
+def scheduler_services(runtime: SchedulerRuntime) -> list[ServiceRegistration]:
+    """The `grpc_services` factory of `SchedulerRuntime`: the SchedulerService over its cache."""
+
+    async def get_pod(namespace: str, name: str) -> Mapping[str, Any] | None:
+        core = runtime.core
+        if core is None:
+            raise OSError(runtime.kube_error or "no Kubernetes API configured")
+        try:
+            pod: Mapping[str, Any] = await offload(raw_json, core.read_namespaced_pod, name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return pod
+
+    servicer = SchedulerServicer(
+        runtime.cache, policy=runtime.policy, request_config=runtime.request_config, get_pod=get_pod
+    )
+    return [servicer.registration()]

@@ -85,3 +85,26 @@ def test_vgpuctl_exit_codes() -> None:
     dead = _run(str(BIN / "vgpuctl"), "--server", "http://127.0.0.1:9", "inventory")
     assert dead.returncode == 1 and "cannot reach the API server" in dead.stderr
     assert wire.NODE_NVIDIA_REGISTER == "hami.io/node-nvidia-register"
+
+
+def test_make_run_demo_takes_pods_through_the_whole_path(tmp_path: Path) -> None:
+    """kube-local -> webhook -> kube-scheduler stand-in -> extender -> device plugin Allocate -> Running."""
+    result = _run(
+        str(BIN / "kube-vgpu-local"), "up", "--once", "--port", "0", "--run-dir", str(tmp_path / "run"),
+        "--cluster", str(REPO / "deploy/local/cluster.yaml"),
+        "--demo", str(REPO / "deploy/local/demo-pods.yaml"), "--demo-timeout", "90",
+        timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {line.split()[0]: line for line in result.stdout.splitlines() if line.split()[:1]}
+    assert "Running" in rows["train-small"] and "MEMORY_LIMIT_0=4096m SM_LIMIT=30" in rows["train-small"]
+    assert "Running" in rows["two-gpus"] and "MEMORY_LIMIT_1=20000m" in rows["two-gpus"]
+    assert (
+        "Running" in rows["with-sidecar"]
+        and "model: MEMORY_LIMIT_0=6000m SM_LIMIT=20" in rows["with-sidecar"]
+    )
+    assert "Running" in rows["infer-pct"] and "MEMORY_LIMIT_0=3840m" in rows["infer-pct"]
+    assert "Pending" in rows["wants-v100"] and "CardTypeMismatch" in rows["wants-v100"]
+    assert "Rejected" in rows["too-big"] and "largest registered GPU has 81920 MiB" in rows["too-big"]
+    logs = tmp_path / "run" / "logs"
+    assert {p.name for p in logs.iterdir()} >= {"kube-local.log", "webhook.log", "scheduler.log"}

@@ -1,0 +1,448 @@
+"""The bind verb (spec §3.8, known weaknesses 1, 3, 18, 19): the reservation moves from Filter to Bind.
+
+For a GPU pod on node N, with a per-node asyncio lock held (binds of this process onto one node queue up):
+
+1. take the node lock `hami.io/mutex.lock` (when an app container requests a GPU, as HAMi does), waiting while
+   another live pod holds it, up to `bind_lock_wait_seconds` from the start of the request;
+2. re-fit the pod on N against current usage: the pods the API server says are on N (read fresh, under the
+   node lock, so another scheduler's bind that just finished is seen), the watch cache and the reservations of
+   binds under way; the pod itself is left out (a re-bind after a failure must not count it twice);
+3. reserve the allocation in the cache, then merge-patch the pod: annotations `hami.io/vgpu-node`,
+   `hami.io/vgpu-time`, `hami.io/vgpu-devices-to-allocate`, `hami.io/vgpu-devices-allocated`
+   (+ `hami.io/vgpu-mig-allocations` for MIG), `hami.io/bind-phase: allocating`, `hami.io/bind-time`, and the
+   label `hami.io/vgpu-node`;
+4. POST the Binding.
+
+On success the node lock stays held for the device plugin's Allocate, which releases it. Any failure rolls
+everything back: the annotations and label are restored to what they were, the reservation is dropped and the
+lock released (only if this pod holds it). Only the leader binds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import urllib3
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from services.common import wire
+from services.common.codecs import WireFormatError, encode_pod_single_device
+from services.common.log import get_logger
+from services.common.resources import NvidiaRequestConfig
+from services.scheduler.cache import Reservation, UsageCache
+from services.scheduler.events import EventRecorder
+from services.scheduler.extender_api import BindArgs
+from services.scheduler.filtering import NORMAL, WARNING, EventText
+from services.scheduler.fit import (
+    MigAssignment,
+    NodeFit,
+    PodAnnotationError,
+    SchedulingPolicy,
+    fit_pod,
+    pod_context,
+)
+from services.scheduler.nodelock import MERGE_PATCH, LockError, NodeLocks
+from services.scheduler.offload import offload, raw_json
+
+__all__ = [
+    "BIND_ANNOTATION_KEYS",
+    "BindError",
+    "Binder",
+    "already_bound",
+    "bind_annotations",
+    "encode_mig_allocations",
+    "revert_patch",
+]
+
+log = get_logger(__name__)
+
+# Every pod annotation the bind writes (and a rollback restores).
+BIND_ANNOTATION_KEYS: Final = (
+    wire.VGPU_NODE,
+    wire.VGPU_TIME,
+    wire.VGPU_DEVICES_TO_ALLOCATE,
+    wire.VGPU_DEVICES_ALLOCATED,
+    wire.VGPU_MIG_ALLOCATIONS,
+    wire.BIND_PHASE,
+    wire.BIND_TIME,
+)
+
+
+class BindError(RuntimeError):
+    """A bind that cannot go on; the message is what kube-scheduler gets in `Error`."""
+
+
+def encode_mig_allocations(assignments: tuple[MigAssignment, ...]) -> str:
+    """`hami.io/vgpu-mig-allocations` (spec §2.5) without the runtime fields the device plugin adds."""
+    return json.dumps(
+        [
+            {
+                "containerIndex": a.container_index,
+                "deviceIndex": a.device_index,
+                "gpuUUID": a.gpu_uuid,
+                "profile": a.profile,
+                "placement": {"start": a.placement.start, "size": a.placement.size},
+            }
+            for a in assignments
+        ],
+        separators=(",", ":"),
+    )
+
+
+def bind_annotations(node: str, fit: NodeFit, now: datetime) -> dict[str, str]:
+    """The pod annotations a successful re-fit writes (HAMi's keys and value formats)."""
+    devices = encode_pod_single_device(fit.devices)
+    stamp = str(int(now.timestamp()))
+    annotations = {
+        wire.VGPU_NODE: node,
+        wire.VGPU_TIME: stamp,
+        wire.VGPU_DEVICES_TO_ALLOCATE: devices,
+        wire.VGPU_DEVICES_ALLOCATED: devices,
+        wire.BIND_PHASE: wire.BindPhase.ALLOCATING.value,
+        wire.BIND_TIME: stamp,
+    }
+    if fit.mig:
+        annotations[wire.VGPU_MIG_ALLOCATIONS] = encode_mig_allocations(fit.mig)
+    return annotations
+
+
+def revert_patch(
+    before_annotations: Mapping[str, str], before_labels: Mapping[str, str], written: Mapping[str, str]
+) -> dict[str, Any]:
+    """The merge patch that restores what a bind patch overwrote (null where a key was absent)."""
+    return {
+        "metadata": {
+            "annotations": {key: before_annotations.get(key) for key in written},
+            "labels": {wire.VGPU_NODE: before_labels.get(wire.VGPU_NODE)},
+        }
+    }
+
+
+def already_bound(pod: Mapping[str, Any], node: str, *, gpu: bool) -> str | None:
+    """None when the pod still needs binding; "" when it is already bound to `node` by an earlier bind (a
+    retried request: success, nothing to redo); an error when it is bound elsewhere."""
+    spec = pod.get("spec")
+    bound = spec.get("nodeName") if isinstance(spec, Mapping) else None
+    if not bound:
+        return None
+    metadata = pod.get("metadata")
+    annotations = metadata.get("annotations") if isinstance(metadata, Mapping) else None
+    ours = isinstance(annotations, Mapping) and annotations.get(wire.VGPU_NODE) == node
+    if bound == node and (ours or not gpu):
+        return ""
+    name = f"{metadata.get('namespace')}/{metadata.get('name')}" if isinstance(metadata, Mapping) else "pod"
+    return f'pod {name} is already assigned to node "{bound}"'
+
+
+def _str_map(value: object) -> dict[str, str]:
+    if not isinstance(value, dict):
+        return {}
+    return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)}
+
+
+def _api_error(exc: ApiException) -> str:
+    try:
+        message = json.loads(exc.body or "{}").get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return str(message or f"{exc.status} {exc.reason}")
+
+
+@dataclass
+class _Progress:
+    lock_attempted: bool = False
+    lock_taken: bool = False
+    reserved: bool = False
+    written: dict[str, str] | None = None
+    before_annotations: dict[str, str] | None = None
+    before_labels: dict[str, str] | None = None
+
+
+class Binder:
+    """Runs binds; `shutdown()` refuses new ones, ends those under way and releases their locks."""
+
+    def __init__(
+        self,
+        core: client.CoreV1Api,
+        cache: UsageCache,
+        locks: NodeLocks,
+        events: EventRecorder,
+        *,
+        policy: SchedulingPolicy,
+        request_config: NvidiaRequestConfig,
+        lock_wait_seconds: float,
+        is_leader: Callable[[], bool] = lambda: True,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._core = core
+        self._cache = cache
+        self._locks = locks
+        self._events = events
+        self._policy = policy
+        self._request_config = request_config
+        self._lock_wait = lock_wait_seconds
+        self._is_leader = is_leader
+        self._clock = clock
+        self._guards: dict[str, asyncio.Lock] = {}
+        self._held: dict[str, tuple[str, str]] = {}  # node -> pod holding its lock during a bind under way
+        self._inflight: set[asyncio.Task[Any]] = set()
+        self._closing = False
+
+    # --- API calls (blocking, run through asyncio.to_thread) ------------------------------------------------
+
+    def _read_pod(self, namespace: str, name: str) -> dict[str, Any]:
+        data: dict[str, Any] = raw_json(self._core.read_namespaced_pod, name, namespace)
+        return data
+
+    def _pods_on_node(self, node: str) -> list[dict[str, Any]]:
+        pods = raw_json(self._core.list_pod_for_all_namespaces, label_selector=f"{wire.VGPU_NODE}={node}")
+        items: list[dict[str, Any]] = pods.get("items") or []
+        return items
+
+    def _bound_node_sync(self, namespace: str, name: str) -> str | None:
+        spec = self._read_pod(namespace, name).get("spec") or {}
+        node = spec.get("nodeName")
+        return node if isinstance(node, str) and node else None
+
+    async def _bound_node(self, namespace: str, name: str) -> str | None:
+        """The node the pod is bound to now (None when unbound or unreadable)."""
+        try:
+            return await offload(self._bound_node_sync, namespace, name)
+        except Exception:
+            return None
+
+    def _patch_pod(self, namespace: str, name: str, body: dict[str, Any]) -> None:
+        self._core.patch_namespaced_pod(
+            name, namespace, body, _content_type=MERGE_PATCH, _preload_content=False
+        )
+
+    def _post_binding(self, namespace: str, name: str, uid: str, node: str) -> None:
+        body: Any = {
+            "apiVersion": "v1",
+            "kind": "Binding",
+            "metadata": {"name": name, "namespace": namespace, **({"uid": uid} if uid else {})},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+        }
+        # The API server answers a Status, which the client cannot decode as a V1Binding: read it raw.
+        self._core.create_namespaced_pod_binding(name, namespace, body, _preload_content=False)
+
+    # --- the verb -------------------------------------------------------------------------------------------
+
+    async def bind(self, args: BindArgs) -> str:
+        """Bind the pod; returns "" on success or the error text for `ExtenderBindingResult.Error`."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._inflight.add(task)
+        try:
+            return await self._bind(args)
+        finally:
+            if task is not None:
+                self._inflight.discard(task)
+
+    async def _bind(self, args: BindArgs) -> str:
+        pod_ref = {"namespace": args.pod_namespace, "name": args.pod_name, "uid": args.pod_uid}
+        started = time.monotonic()
+        log_ctx = log.bind(pod=f"{args.pod_namespace}/{args.pod_name}", node=args.node)
+        if self._closing:
+            return "scheduler is shutting down"
+        if not self._is_leader():
+            return "this scheduler replica is not the leader; only the leader binds"
+        try:
+            pod = await offload(self._read_pod, args.pod_namespace, args.pod_name)
+        except ApiException as exc:
+            error = f"failed to get pod {args.pod_namespace}/{args.pod_name}: {_api_error(exc)}"
+            self._events.record(pod_ref, [EventText(WARNING, "BindingFailed", error)])
+            log_ctx.warning("bind_failed", error=error)
+            return error
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            return f"failed to get pod {args.pod_namespace}/{args.pod_name}: {exc}"
+        uid = str((pod.get("metadata") or {}).get("uid") or "")
+        if args.pod_uid and uid != args.pod_uid:
+            error = f"pod {args.pod_namespace}/{args.pod_name} has uid {uid}, not {args.pod_uid}"
+            log_ctx.warning("bind_failed", error=error)
+            return error
+        pod_ref["uid"] = uid
+        ctx = pod_context(pod, self._request_config)
+        done = already_bound(pod, args.node, gpu=ctx.has_gpu_request)
+        if done is not None:
+            error = done
+        elif not ctx.has_gpu_request:
+            error = await self._post_only(args, uid)
+        else:
+            guard = self._guards.setdefault(args.node, asyncio.Lock())
+            remaining = self._lock_wait - (time.monotonic() - started)
+            try:
+                await asyncio.wait_for(guard.acquire(), timeout=max(remaining, 0.001))
+            except TimeoutError:
+                error = (
+                    f"timed out after {self._lock_wait:g}s waiting for node {args.node} to be unlocked: "
+                    "node lock contention"
+                )
+            else:
+                try:
+                    error = await self._bind_gpu_pod(args, uid, started, log_ctx)
+                finally:
+                    guard.release()
+        if error:
+            self._events.record(pod_ref, [EventText(WARNING, "BindingFailed", error)])
+            log_ctx.warning("bind_failed", error=error)
+        else:
+            self._events.record(
+                pod_ref,
+                [
+                    EventText(
+                        NORMAL,
+                        "BindingSucceed",
+                        f"Successfully binding node [{args.node}] to {args.pod_namespace}/{args.pod_name}",
+                    )
+                ],
+            )
+            log_ctx.info("bound", seconds=round(time.monotonic() - started, 3))
+        return error
+
+    async def _post_only(self, args: BindArgs, uid: str) -> str:
+        try:
+            await offload(self._post_binding, args.pod_namespace, args.pod_name, uid, args.node)
+        except ApiException as exc:
+            return f"failed to bind pod {args.pod_namespace}/{args.pod_name}: {_api_error(exc)}"
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            return f"failed to bind pod {args.pod_namespace}/{args.pod_name}: {exc}"
+        return ""
+
+    async def _bind_gpu_pod(self, args: BindArgs, uid: str, started: float, log_ctx: Any) -> str:
+        ns, name, node = args.pod_namespace, args.pod_name, args.node
+        progress = _Progress()
+        try:
+            # Read again now that no other bind of this process onto the node is running: a duplicate
+            # request for this pod may just have bound it.
+            pod = await offload(self._read_pod, ns, name)
+            if str((pod.get("metadata") or {}).get("uid") or "") != uid:
+                raise BindError(f"pod {ns}/{name} was replaced while waiting to bind")
+            done = already_bound(pod, node, gpu=True)
+            if done is not None:
+                return done
+            ctx = pod_context(pod, self._request_config)
+            if ctx.app_requests_gpu:
+                self._held[node] = (ns, name)
+                progress.lock_attempted = True
+                await self._locks.acquire(node, ns, name, wait_seconds=self._lock_wait, started=started)
+                progress.lock_taken = True
+            fresh = await offload(self._pods_on_node, node)
+            snapshot = self._cache.snapshot(node, exclude_uid=uid, fresh_pods=fresh)
+            if snapshot is None:
+                health = self._cache.health(node)
+                why = health.reason if health is not None else "node unregistered"
+                raise BindError(f"node {node} cannot take GPU pods: {why}")
+            try:
+                fit = fit_pod(ctx, snapshot, self._policy, self._cache.quota_view(exclude_uid=uid))
+            except PodAnnotationError as exc:
+                raise BindError(str(exc)) from None
+            if not fit.fits:
+                raise BindError(f"pod {ns}/{name} does not fit node {node} any more: {fit.reason}")
+            self._cache.reserve(
+                Reservation(
+                    uid=uid,
+                    namespace=ns,
+                    name=name,
+                    node=node,
+                    allocation=fit.devices,
+                    init_count=ctx.init_count,
+                    sidecar_slots=ctx.sidecar_slots,
+                    mig=tuple((a.gpu_uuid, a.placement) for a in fit.mig),
+                )
+            )
+            progress.reserved = True
+            try:
+                annotations = bind_annotations(node, fit, self._clock())
+            except WireFormatError as exc:
+                raise BindError(f"cannot encode the allocation of {ns}/{name}: {exc}") from None
+            metadata = pod.get("metadata") or {}
+            progress.before_annotations = _str_map(metadata.get("annotations"))
+            progress.before_labels = _str_map(metadata.get("labels"))
+            progress.written = annotations
+            await offload(
+                self._patch_pod,
+                ns,
+                name,
+                {"metadata": {"annotations": annotations, "labels": {wire.VGPU_NODE: node}}},
+            )
+            try:
+                await offload(self._post_binding, ns, name, uid, node)
+            except Exception:
+                # A timed-out POST may still have bound the pod: only a pod that is not on this node now
+                # is rolled back (reverting a bound pod's allocation would strand it).
+                if await self._bound_node(ns, name) != node:
+                    raise
+                log_ctx.info("binding_found_done_after_error")
+            self._cache.commit_reservation(uid)
+            log_ctx.debug("allocation_written", devices=annotations[wire.VGPU_DEVICES_ALLOCATED])
+            return ""
+        except BaseException as exc:
+            error = _describe(exc, ns, name, node)
+            if isinstance(exc, LockError):
+                progress.lock_attempted = False  # the lock was never ours: nothing to release
+            await asyncio.shield(self._rollback(ns, name, uid, node, progress, log_ctx))
+            if not isinstance(exc, Exception):
+                raise
+            return error
+        finally:
+            if self._held.get(node) == (ns, name):
+                del self._held[node]
+
+    async def _rollback(
+        self, ns: str, name: str, uid: str, node: str, progress: _Progress, log_ctx: Any
+    ) -> None:
+        if progress.written is not None:
+            body = revert_patch(
+                progress.before_annotations or {}, progress.before_labels or {}, progress.written
+            )
+            try:
+                await offload(self._patch_pod, ns, name, body)
+            except Exception as exc:  # the pod may be gone; nothing else to undo there
+                log_ctx.warning("bind_rollback_patch_failed", error=str(exc))
+        if progress.reserved:
+            self._cache.drop_reservation(uid)
+        if progress.lock_taken or progress.lock_attempted:
+            # Owner-checked: after a failed attempt this only removes a lock the attempt did write.
+            await self._locks.release(node, ns, name)
+
+    # --- lifecycle ------------------------------------------------------------------------------------------
+
+    @property
+    def held_locks(self) -> dict[str, tuple[str, str]]:
+        """Node locks taken by binds still under way (node -> pod namespace, name)."""
+        return dict(self._held)
+
+    async def shutdown(self, timeout: float = 5.0) -> None:
+        """Refuse new binds and give those under way `timeout` seconds; cancel the rest (each rolls back:
+        annotations restored, reservation dropped, its node lock released), then release any node lock a
+        bind still holds, so no lock outlives the process (HAMi#2330)."""
+        self._closing = True
+        pending = set(self._inflight)
+        if pending:
+            _, pending = await asyncio.wait(pending, timeout=timeout)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=10.0)
+        for node, (ns, name) in list(self._held.items()):
+            released = await self._locks.release(node, ns, name)
+            log.info("node_lock_released_on_shutdown", node=node, pod=f"{ns}/{name}", released=released)
+        self._held.clear()
+
+
+def _describe(exc: BaseException, namespace: str, name: str, node: str) -> str:
+    if isinstance(exc, BindError | LockError):
+        return str(exc)
+    if isinstance(exc, ApiException):
+        return f"failed to bind pod {namespace}/{name} to node {node}: {_api_error(exc)}"
+    if isinstance(exc, asyncio.CancelledError):
+        return "bind cancelled"
+    return f"failed to bind pod {namespace}/{name} to node {node}: {type(exc).__name__}: {exc}"

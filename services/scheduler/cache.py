@@ -1,0 +1,658 @@
+"""The scheduler's in-memory view of GPU nodes, GPU pods and quotas (spec §3.2, §3.4), fed by watch events.
+
+`UsageCache` holds plain data and does no I/O: reflector threads call `on_node_event` / `on_pod_event` /
+`on_quota_event`, the extender (event loop thread) and the gRPC SchedulerService read `snapshot`,
+`quota_view`, `pods`, `nodes`. One lock guards it, so readers always see a consistent state.
+
+Rules (HAMi's, with its phantom-usage bugs fixed, known weakness 3 and 4):
+
+- A pod counts once it carries `hami.io/vgpu-node` and a decodable `hami.io/vgpu-devices-allocated`, keyed by
+  its UID. Succeeded/Failed pods and deleted pods free their usage at once (HAMi#2923); a terminating pod
+  (deletionTimestamp set) keeps it until it is gone, including when it is first seen after a restart
+  (HAMi PR #2812). State is recomputed from the object on every event, so a restart (LIST replay) ends in
+  exactly the same state as the live watch did.
+- Once every run-to-completion init container has terminated with exit code 0, the pod's init-only usage is
+  released: usage becomes that of its long-running containers (spec §3.2, native sidecars stay counted).
+- Binds under way are *reservations*: they count on their node from the re-fit until the pod's own
+  annotations are seen (or the bind is rolled back). A reservation overrides whatever an older version of the
+  pod said, so a pod is never counted twice.
+- A node is schedulable under the rules of `services.scheduler.health`; an undecodable register annotation is
+  logged with the node name and the node is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from services.common import wire
+from services.common.codecs import WireFormatError, decode_node_devices, decode_pod_single_device
+from services.common.log import get_logger
+from services.common.model import (
+    CollapsedDevice,
+    DeviceInfo,
+    DeviceUsage,
+    MigPlacement,
+    PodSingleDevice,
+)
+from services.common.resources import quantity_as_int64
+from services.scheduler.fit import (
+    NamespaceQuota,
+    NodeSnapshot,
+    QuotaEntry,
+    QuotaView,
+    apply_allocation,
+    collapse_allocation,
+)
+from services.scheduler.health import NodeHealth, allocatable_gpus, needs_handshake, next_dropped, node_health
+
+__all__ = [
+    "NodeState",
+    "PodUsage",
+    "QuotaLimit",
+    "Reservation",
+    "UsageCache",
+    "init_containers_done",
+    "pod_usage_from_object",
+]
+
+log = get_logger(__name__)
+
+Obj = dict[str, Any]
+
+_TERMINAL_PHASES: Final = frozenset({"Succeeded", "Failed"})
+_DELETED: Final = "DELETED"
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    return _mapping(obj.get("metadata"))
+
+
+def _str_map(value: object) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        return {}
+    return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)}
+
+
+# --- Pods ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PodUsage:
+    """A GPU pod as the usage computation sees it. `allocation` is the decoded
+    `hami.io/vgpu-devices-allocated` (slot i = container i, init containers first)."""
+
+    uid: str
+    namespace: str
+    name: str
+    node: str
+    allocation: PodSingleDevice
+    init_count: int = 0
+    sidecar_slots: frozenset[int] = frozenset()
+    init_released: bool = False
+    terminating: bool = False
+    bind_phase: str = ""
+    scheduled_unix: int = 0
+    mig: tuple[tuple[str, MigPlacement], ...] = ()
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def effective_allocation(self) -> PodSingleDevice:
+        """The allocation that still holds resources: init containers drop out once they have all exited."""
+        if not self.init_released:
+            return self.allocation
+        return [
+            [] if slot < self.init_count and slot not in self.sidecar_slots else list(cards)
+            for slot, cards in enumerate(self.allocation)
+        ]
+
+    def collapsed(self) -> list[CollapsedDevice]:
+        """Per-GPU usage (HAMi `CollapseInitContainerUsage`, sidecar-aware), sorted by UUID."""
+        return collapse_allocation(self.effective_allocation(), self.init_count, self.sidecar_slots)
+
+
+def _init_containers(spec: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    raw = spec.get("initContainers")
+    return [c for c in raw if isinstance(c, Mapping)] if isinstance(raw, list) else []
+
+
+def init_containers_done(pod: Mapping[str, Any]) -> bool:
+    """Whether every run-to-completion init container has terminated with exit code 0 (native sidecars,
+    `restartPolicy: Always`, keep running and are not waited for)."""
+    spec = _mapping(pod.get("spec"))
+    status = _mapping(pod.get("status"))
+    inits = [c.get("name") for c in _init_containers(spec) if c.get("restartPolicy") != "Always"]
+    if not inits:
+        return False
+    statuses = status.get("initContainerStatuses")
+    by_name = {
+        s.get("name"): s for s in (statuses if isinstance(statuses, list) else []) if isinstance(s, Mapping)
+    }
+    for name in inits:
+        terminated = _mapping(_mapping(by_name.get(name)).get("state")).get("terminated")
+        if not isinstance(terminated, Mapping) or terminated.get("exitCode") != 0:
+            return False
+    return True
+
+
+def _mig_assignments(value: str | None) -> tuple[tuple[str, MigPlacement], ...]:
+    """(GPU UUID, placement) pairs of `hami.io/vgpu-mig-allocations` (spec §2.5), bad entries skipped."""
+    if not value:
+        return ()
+    try:
+        entries = json.loads(value)
+    except ValueError:
+        return ()
+    found: list[tuple[str, MigPlacement]] = []
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, dict):
+            continue
+        uuid, placement = entry.get("gpuUUID"), entry.get("placement")
+        if isinstance(uuid, str) and isinstance(placement, dict):
+            start, size = placement.get("start"), placement.get("size")
+            if isinstance(start, int) and isinstance(size, int):
+                found.append((uuid, MigPlacement(start, size)))
+    return tuple(found)
+
+
+def pod_usage_from_object(pod: Mapping[str, Any]) -> tuple[PodUsage | None, str | None]:
+    """The usage a pod object holds, or None when it holds none; the second value explains an annotation
+    that could not be decoded (the pod then holds none either, and the caller logs it)."""
+    metadata = _meta(pod)
+    annotations = _str_map(metadata.get("annotations"))
+    node = annotations.get(wire.VGPU_NODE)
+    uid = metadata.get("uid")
+    if not node or not isinstance(uid, str) or not uid:
+        return None, None
+    status = _mapping(pod.get("status"))
+    if status.get("phase") in _TERMINAL_PHASES:
+        return None, None
+    raw = annotations.get(wire.VGPU_DEVICES_ALLOCATED)
+    if raw is None:
+        return None, None
+    try:
+        allocation = decode_pod_single_device(raw)
+    except WireFormatError as exc:
+        return None, str(exc)
+    spec = _mapping(pod.get("spec"))
+    inits = _init_containers(spec)
+    try:
+        scheduled = int(annotations.get(wire.VGPU_TIME, "0"))
+    except ValueError:
+        scheduled = 0
+    usage = PodUsage(
+        uid=uid,
+        namespace=str(metadata.get("namespace") or ""),
+        name=str(metadata.get("name") or ""),
+        node=node,
+        allocation=allocation,
+        init_count=len(inits),
+        sidecar_slots=frozenset(i for i, c in enumerate(inits) if c.get("restartPolicy") == "Always"),
+        init_released=init_containers_done(pod),
+        terminating=bool(metadata.get("deletionTimestamp")),
+        bind_phase=annotations.get(wire.BIND_PHASE, ""),
+        scheduled_unix=scheduled,
+        mig=_mig_assignments(annotations.get(wire.VGPU_MIG_ALLOCATIONS)),
+    )
+    if not any(usage.allocation):
+        return None, None
+    return usage, None
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """A bind under way (or just done, until the pod's annotations are seen): its usage counts on `node`."""
+
+    uid: str
+    namespace: str
+    name: str
+    node: str
+    allocation: PodSingleDevice
+    init_count: int = 0
+    sidecar_slots: frozenset[int] = frozenset()
+    mig: tuple[tuple[str, MigPlacement], ...] = ()
+    committed: bool = False
+    created: float = field(default_factory=time.monotonic)
+
+    def as_usage(self) -> PodUsage:
+        return PodUsage(
+            uid=self.uid,
+            namespace=self.namespace,
+            name=self.name,
+            node=self.node,
+            allocation=self.allocation,
+            init_count=self.init_count,
+            sidecar_slots=self.sidecar_slots,
+            bind_phase=wire.BindPhase.ALLOCATING.value,
+            mig=self.mig,
+        )
+
+
+# --- Nodes --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NodeState:
+    """A node as last seen: its registered GPUs and what the health rules need."""
+
+    name: str
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+    devices: tuple[DeviceInfo, ...]
+    register: str | None
+    decode_error: str | None
+    allocatable: int | None
+    dropped: bool = False
+    # The device plugin re-registered while the kubelet shows no GPUs: the leader restarts the grace period
+    # with a fresh handshake request (sticky until the handshake value changes).
+    refresh_handshake: bool = False
+
+    def health(self, now: datetime) -> NodeHealth:
+        if self.decode_error is not None:
+            return NodeHealth(False, f"undecodable {wire.NODE_NVIDIA_REGISTER}: {self.decode_error}")
+        return node_health(
+            device_count=len(self.devices),
+            allocatable=self.allocatable,
+            dropped=self.dropped,
+            handshake=self.annotations.get(wire.NODE_HANDSHAKE),
+            now=now,
+        )
+
+    @property
+    def handshake(self) -> str | None:
+        return self.annotations.get(wire.NODE_HANDSHAKE)
+
+
+def node_state_from_object(node: Mapping[str, Any], previous: NodeState | None = None) -> NodeState:
+    metadata = _meta(node)
+    annotations = _str_map(metadata.get("annotations"))
+    register = annotations.get(wire.NODE_NVIDIA_REGISTER)
+    devices: tuple[DeviceInfo, ...] = ()
+    error: str | None = None
+    if register is not None:
+        try:
+            devices = tuple(decode_node_devices(register))
+        except WireFormatError as exc:
+            error = str(exc)
+    allocatable = allocatable_gpus(dict(node))
+    prev_alloc = previous.allocatable if previous else None
+    prev_register = previous.register if previous else None
+    handshake = annotations.get(wire.NODE_HANDSHAKE)
+    reregistered = previous is not None and register != prev_register and register is not None
+    refresh = (
+        previous is not None and previous.refresh_handshake and handshake == previous.handshake
+    ) or reregistered
+    return NodeState(
+        name=str(metadata.get("name") or ""),
+        labels=_str_map(metadata.get("labels")),
+        annotations=annotations,
+        devices=devices,
+        register=register,
+        decode_error=error,
+        allocatable=allocatable,
+        dropped=next_dropped(
+            previous.dropped if previous else False, prev_alloc, allocatable, prev_register, register
+        ),
+        refresh_handshake=refresh and not (allocatable is not None and allocatable > 0),
+    )
+
+
+# --- Quotas -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaLimit:
+    """One tracked hard limit of a ResourceQuota (`limits.nvidia.com/gpumem` = 2000)."""
+
+    namespace: str
+    quota: str
+    key: str
+    limit: int
+
+
+# --- The cache ----------------------------------------------------------------------------------------------
+
+
+class UsageCache:
+    """Nodes, GPU pods, quotas and in-flight reservations; thread-safe, no I/O. See the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        memory_resource: str = wire.RESOURCE_GPUMEM,
+        core_resource: str = wire.RESOURCE_GPUCORES,
+        memory_factor: int = 1,
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        self._lock = threading.RLock()
+        self._nodes: dict[str, NodeState] = {}
+        self._pods: dict[str, PodUsage] = {}  # uid -> usage
+        self._by_node: dict[str, set[str]] = {}  # node -> uids of the pods in _pods placed there
+        self._pod_uids: dict[str, str] = {}  # ns/name -> uid, for pods holding usage
+        self._reservations: dict[str, Reservation] = {}  # uid -> reservation
+        self._quotas: dict[str, list[QuotaLimit]] = {}  # ns/name of the ResourceQuota -> its tracked limits
+        self._memory_resource = memory_resource
+        self._core_resource = core_resource
+        self._memory_factor = max(memory_factor, 1)
+        self._clock = clock
+        self.generation = 0  # bumped on every change (cheap "did anything change" for pollers)
+
+    # --- events ---------------------------------------------------------------------------------------------
+
+    def on_node_event(self, event_type: str, node: Obj) -> None:
+        name = _meta(node).get("name")
+        if not isinstance(name, str) or not name:
+            return
+        with self._lock:
+            self.generation += 1
+            if event_type == _DELETED:
+                self._nodes.pop(name, None)
+                return
+            state = node_state_from_object(node, self._nodes.get(name))
+            if state.decode_error is not None:
+                log.warning("node_register_undecodable", node=name, error=state.decode_error)
+            self._nodes[name] = state
+
+    def on_pod_event(self, event_type: str, pod: Obj) -> None:
+        metadata = _meta(pod)
+        uid = metadata.get("uid")
+        if not isinstance(uid, str) or not uid:
+            return
+        key = f"{metadata.get('namespace') or ''}/{metadata.get('name') or ''}"
+        usage: PodUsage | None = None
+        if event_type != _DELETED:
+            usage, problem = pod_usage_from_object(pod)
+            if problem is not None:
+                log.warning("pod_devices_undecodable", pod=key, error=problem)
+        with self._lock:
+            self.generation += 1
+            if usage is None:
+                self._forget(uid)
+                if self._pod_uids.get(key) == uid:
+                    del self._pod_uids[key]
+                if event_type == _DELETED or _phase(pod) in _TERMINAL_PHASES:
+                    self._reservations.pop(uid, None)
+                return
+            self._forget(uid)
+            self._pods[uid] = usage
+            self._by_node.setdefault(usage.node, set()).add(uid)
+            self._pod_uids[key] = uid
+            reservation = self._reservations.get(uid)
+            if reservation is not None and _same_placement(reservation, usage):
+                # The pod's own annotations now say what the reservation said: it has done its job.
+                del self._reservations[uid]
+
+    def _forget(self, uid: str) -> None:
+        old = self._pods.pop(uid, None)
+        if old is not None:
+            on_node = self._by_node.get(old.node)
+            if on_node is not None:
+                on_node.discard(uid)
+                if not on_node:
+                    del self._by_node[old.node]
+
+    def on_quota_event(self, event_type: str, quota: Obj) -> None:
+        metadata = _meta(quota)
+        namespace = str(metadata.get("namespace") or "")
+        name = str(metadata.get("name") or "")
+        with self._lock:
+            self.generation += 1
+            if event_type == _DELETED:
+                self._quotas.pop(f"{namespace}/{name}", None)
+                return
+            spec = _mapping(quota.get("spec"))
+            hard = _mapping(spec.get("hard"))
+            limits = []
+            for key in (f"limits.{self._memory_resource}", f"limits.{self._core_resource}"):
+                raw = hard.get(key)
+                value = quantity_as_int64(raw) if isinstance(raw, str | int) else None
+                if value is not None:
+                    limits.append(QuotaLimit(namespace, name, key, value))
+            if limits:
+                self._quotas[f"{namespace}/{name}"] = limits
+            else:
+                self._quotas.pop(f"{namespace}/{name}", None)
+
+    # --- reservations ---------------------------------------------------------------------------------------
+
+    def reserve(self, reservation: Reservation) -> None:
+        with self._lock:
+            self.generation += 1
+            self._reservations[reservation.uid] = reservation
+
+    def commit_reservation(self, uid: str) -> None:
+        """The bind succeeded: keep counting until the pod's annotations arrive through the watch."""
+        with self._lock:
+            reservation = self._reservations.get(uid)
+            if reservation is not None:
+                current = self._pods.get(uid)
+                if current is not None and _same_placement(reservation, current):
+                    del self._reservations[uid]
+                else:
+                    self._reservations[uid] = replace(reservation, committed=True, created=time.monotonic())
+
+    def drop_reservation(self, uid: str) -> Reservation | None:
+        with self._lock:
+            self.generation += 1
+            return self._reservations.pop(uid, None)
+
+    def sweep_reservations(self, max_age: float, now: float | None = None) -> list[Reservation]:
+        """Drop committed reservations older than `max_age` seconds whose pod never showed up (a pod deleted
+        before the watch saw its annotations); returns what was dropped."""
+        moment = time.monotonic() if now is None else now
+        with self._lock:
+            stale = [
+                r
+                for r in self._reservations.values()
+                if r.committed and moment - r.created > max_age and r.uid not in self._pods
+            ]
+            for reservation in stale:
+                del self._reservations[reservation.uid]
+            if stale:
+                self.generation += 1
+            return stale
+
+    def reservations(self) -> list[Reservation]:
+        with self._lock:
+            return list(self._reservations.values())
+
+    # --- reads ----------------------------------------------------------------------------------------------
+
+    def node_names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._nodes)
+
+    def node_state(self, name: str) -> NodeState | None:
+        with self._lock:
+            return self._nodes.get(name)
+
+    def handshake_due(self) -> list[str]:
+        """Nodes (with a register annotation) whose handshake the leader should (re)write."""
+        with self._lock:
+            states = list(self._nodes.values())
+        return sorted(
+            s.name
+            for s in states
+            if s.register is not None and needs_handshake(s.handshake, register_changed=s.refresh_handshake)
+        )
+
+    def nodes(self) -> list[NodeState]:
+        with self._lock:
+            return [self._nodes[n] for n in sorted(self._nodes)]
+
+    def pod_uid(self, namespace: str, name: str) -> str | None:
+        with self._lock:
+            return self._pod_uids.get(f"{namespace}/{name}")
+
+    def pods(self, *, include_reservations: bool = True) -> list[PodUsage]:
+        """Every pod holding GPU usage (a reservation stands for its pod), sorted by namespace/name."""
+        with self._lock:
+            usages = self._effective_usages(None, None) if include_reservations else dict(self._pods)
+        return sorted(usages.values(), key=lambda u: (u.namespace, u.name, u.uid))
+
+    def _effective_usages(
+        self, exclude_uid: str | None, override: Mapping[str, PodUsage] | None
+    ) -> dict[str, PodUsage]:
+        usages = dict(self._pods)
+        if override:
+            usages.update(override)
+        for uid, reservation in self._reservations.items():
+            usages[uid] = reservation.as_usage()
+        if exclude_uid:
+            usages.pop(exclude_uid, None)
+        return usages
+
+    def _usages_on(
+        self, node: str, exclude_uid: str | None, override: Mapping[str, PodUsage] | None
+    ) -> list[PodUsage]:
+        """What counts on one node (call with the lock held): watched pods, overridden by fresh copies, then
+        by reservations; a pod whose newer state places it elsewhere drops out."""
+        found = {uid: self._pods[uid] for uid in self._by_node.get(node, ())}
+        for uid, usage in (override or {}).items():
+            if usage.node == node:
+                found[uid] = usage
+            else:
+                found.pop(uid, None)
+        for uid, reservation in self._reservations.items():
+            if reservation.node == node:
+                found[uid] = reservation.as_usage()
+            else:
+                found.pop(uid, None)
+        if exclude_uid:
+            found.pop(exclude_uid, None)
+        return list(found.values())
+
+    def health(self, name: str) -> NodeHealth | None:
+        """None when the node is unknown (not registered, or filtered out by the node label selector)."""
+        with self._lock:
+            state = self._nodes.get(name)
+        return state.health(self._clock()) if state is not None else None
+
+    def snapshot(
+        self,
+        name: str,
+        *,
+        exclude_uid: str | None = None,
+        fresh_pods: Iterable[Obj] | None = None,
+        include_unhealthy: bool = False,
+    ) -> NodeSnapshot | None:
+        """The node's cards with every counted pod's usage applied, or None when the node is not schedulable
+        (unknown, no GPUs, undecodable, unhealthy; `include_unhealthy` keeps the last two for reporting).
+
+        `exclude_uid` leaves one pod out (the pod being fitted: a re-filter must not count it twice);
+        `fresh_pods` are pod objects just read from the API that take precedence over the watch's copies
+        (the bind-time re-fit under the node lock).
+        """
+        override = self._usages_of(fresh_pods) if fresh_pods is not None else None
+        with self._lock:
+            state = self._nodes.get(name)
+            if state is None:
+                return None
+            if not include_unhealthy and not state.health(self._clock()).schedulable:
+                return None
+            usages = self._usages_on(name, exclude_uid, override)
+        return build_snapshot(state, usages)
+
+    def snapshot_from_object(self, node: Obj, *, exclude_uid: str | None = None) -> NodeSnapshot | None:
+        """A snapshot whose inventory comes from a Node object sent by the caller (the non-cache-capable
+        filter, e.g. an autoscaler's template node) and whose usage is the pods the cache places there."""
+        state = node_state_from_object(node)
+        if not state.name or not state.health(self._clock()).schedulable:
+            return None
+        with self._lock:
+            usages = self._usages_on(state.name, exclude_uid, None)
+        return build_snapshot(state, usages)
+
+    @staticmethod
+    def _usages_of(pods: Iterable[Obj]) -> dict[str, PodUsage]:
+        found: dict[str, PodUsage] = {}
+        for pod in pods:
+            usage, _ = pod_usage_from_object(pod)
+            if usage is not None:
+                found[usage.uid] = usage
+        return found
+
+    def quota_limits(self) -> list[QuotaLimit]:
+        with self._lock:
+            return [limit for limits in self._quotas.values() for limit in limits]
+
+    def quota_view(self, *, exclude_uid: str | None = None) -> QuotaView:
+        """Namespace quotas (the strictest limit per key when several ResourceQuotas set it) with the usage
+        of every counted pod, reservations included."""
+        with self._lock:
+            limits = [limit for limits in self._quotas.values() for limit in limits]
+            namespaces = {limit.namespace for limit in limits}
+            usages = [
+                u for u in self._effective_usages(exclude_uid, None).values() if u.namespace in namespaces
+            ]
+        view = QuotaView(
+            memory_factor=self._memory_factor,
+            memory_resource=self._memory_resource,
+            core_resource=self._core_resource,
+        )
+        for limit in limits:
+            quota = view.namespaces.setdefault(limit.namespace, NamespaceQuota())
+            entry = quota.resources.get(limit.key)
+            if entry is None or limit.limit < entry.limit:
+                quota.resources[limit.key] = QuotaEntry(used=0, limit=limit.limit, limit_set=True)
+        for usage in usages:
+            quota = view.namespaces[usage.namespace]
+            collapsed = usage.collapsed()
+            for key, amount in (
+                (view.memory_key, sum(d.usedmem for d in collapsed)),
+                (view.core_key, sum(d.usedcores for d in collapsed)),
+            ):
+                entry = quota.resources.get(key)
+                if entry is not None:
+                    entry.used += amount
+        return view
+
+
+def _trimmed(allocation: PodSingleDevice) -> PodSingleDevice:
+    """Without trailing empty slots (decoding keeps one after the final `;`)."""
+    end = len(allocation)
+    while end and not allocation[end - 1]:
+        end -= 1
+    return [list(slot) for slot in allocation[:end]]
+
+
+def _same_placement(reservation: Reservation, usage: PodUsage) -> bool:
+    return reservation.node == usage.node and _trimmed(reservation.allocation) == _trimmed(usage.allocation)
+
+
+def _phase(pod: Mapping[str, Any]) -> str:
+    status = pod.get("status")
+    phase = status.get("phase") if isinstance(status, Mapping) else None
+    return phase if isinstance(phase, str) else ""
+
+
+def build_snapshot(state: NodeState, usages: Sequence[PodUsage]) -> NodeSnapshot:
+    """A node's cards with the given pods' usage added (spec §3.4); unknown GPU UUIDs are logged, skipped."""
+    devices = [DeviceUsage.from_device(d) for d in state.devices]
+    mig: dict[str, list[MigPlacement]] = {}
+    for usage in sorted(usages, key=lambda u: u.uid):
+        unknown = apply_allocation(
+            devices, usage.effective_allocation(), usage.init_count, usage.sidecar_slots
+        )
+        if unknown:
+            log.debug("pod_devices_unknown_on_node", pod=usage.key, node=state.name, uuids=unknown)
+        for uuid, placement in usage.mig:
+            mig.setdefault(uuid, []).append(placement)
+    return NodeSnapshot(
+        name=state.name, devices=devices, annotations=dict(state.annotations), mig_placements=mig
+    )

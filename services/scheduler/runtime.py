@@ -1,0 +1,332 @@
+"""The running scheduler: caches fed by watch threads, the extender, metrics and gRPC servers, the
+registration/handshake loop, and an orderly stop.
+
+`SchedulerRuntime` is what `cli.run` starts and what the integration tests start in-process (ports 0 pick free
+ports). The gRPC SchedulerService (added separately) reads `runtime.cache` (a `UsageCache`: nodes, pods,
+quotas, reservations, snapshots) and calls `services.scheduler.filtering.evaluate` for ExplainPod/Simulate;
+`grpc_services()` is where it is registered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import ssl
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+from aiohttp import web
+from kubernetes import client
+from kubernetes.client import rest
+
+from services.common import wire
+from services.common.device_config import DeviceConfig
+from services.common.grpc_server import GrpcServerHandle, ServiceRegistration, build_server
+from services.common.kube import KubeAccessError, describe_access, new_api_client
+from services.common.log import get_logger
+from services.common.reflector import Reflector
+from services.scheduler.bind import Binder
+from services.scheduler.cache import UsageCache
+from services.scheduler.config import SchedulerConfig, split_host_port
+from services.scheduler.events import EventRecorder
+from services.scheduler.extender import Extender
+from services.scheduler.health import handshake_value
+from services.scheduler.leader import LeaderState
+from services.scheduler.metrics import SchedulerMetrics, metrics_app
+from services.scheduler.nodelock import MERGE_PATCH, NodeLocks
+from services.scheduler.offload import API_THREADS, offload
+from services.scheduler.policy import SchedulingPolicy
+
+__all__ = ["SchedulerRuntime"]
+
+log = get_logger("kube-vgpu-scheduler")
+
+# Committed reservations whose pod the watch never showed are dropped after this long.
+_RESERVATION_MAX_AGE: Final = 120.0
+
+
+def _api_client(cfg: SchedulerConfig) -> client.ApiClient:
+    api = new_api_client(cfg.kube)
+    # One connection per API thread, so a burst of binds does not churn connections.
+    api.configuration.connection_pool_maxsize = API_THREADS
+    api.rest_client = rest.RESTClientObject(api.configuration)
+    return api
+
+
+class SchedulerRuntime:
+    """Everything the scheduler process runs; `await start()`, then `await stop()`."""
+
+    def __init__(
+        self,
+        cfg: SchedulerConfig,
+        device_config: DeviceConfig | None = None,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        tls_poll_seconds: float = 10.0,
+        grpc_services: Callable[[SchedulerRuntime], Sequence[ServiceRegistration]] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self._grpc_factory = grpc_services
+        self.device_config = device_config or DeviceConfig()
+        nvidia = self.device_config.nvidia
+        self.request_config = nvidia.request_config()
+        self.policy = SchedulingPolicy(cfg.node_scheduler_policy, cfg.gpu_scheduler_policy)
+        self.cache = UsageCache(
+            memory_resource=nvidia.resource_memory_name,
+            core_resource=nvidia.resource_core_name,
+            memory_factor=nvidia.memory_factor,
+            clock=clock,
+        )
+        self.leader = LeaderState(enabled=cfg.leader_elect, identity=cfg.identity)
+        self.metrics = SchedulerMetrics(self.cache)
+        self._clock = clock
+        self.api: client.ApiClient | None = None
+        self._watch_api: client.ApiClient | None = None
+        self.core: client.CoreV1Api | None = None
+        self.reflectors: list[Reflector] = []
+        self.events = EventRecorder(None, cfg.scheduler_name, enabled=False)
+        self.locks: NodeLocks | None = None
+        self.binder: Binder | None = None
+        self.extender: Extender | None = None
+        self.grpc: GrpcServerHandle | None = None
+        self._runners: list[web.AppRunner] = []
+        self.http_port: int | None = None
+        self.metrics_port: int | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+        self._tls_task: asyncio.Task[None] | None = None
+        self._tls_poll = tls_poll_seconds
+        self._ssl: ssl.SSLContext | None = None
+        self._tls_stamp: bytes | None = None
+        self.kube_error: str | None = None
+
+    # --- readiness ------------------------------------------------------------------------------------------
+
+    def ready(self) -> bool:
+        """Every cache has listed once (HAMi's `synced`); never true without an API server."""
+        return bool(self.reflectors) and all(r.has_synced() for r in self.reflectors)
+
+    def grpc_services(self) -> Sequence[ServiceRegistration]:
+        """Services served next to health and reflection on `grpc_bind`: what the `grpc_services` factory
+        given at construction builds from this runtime. The SchedulerService is built there over
+        `self.cache` (plus `self.policy` and `self.request_config` for ExplainPod/Simulate)."""
+        return self._grpc_factory(self) if self._grpc_factory is not None else ()
+
+    # --- start ----------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        try:
+            self.api = _api_client(cfg)
+            self._watch_api = new_api_client(cfg.kube)
+        except KubeAccessError as exc:
+            # Keep serving probes and metrics so the problem is visible; filter/bind answer with an error.
+            self.kube_error = str(exc)
+            log.error("kube_unavailable", error=str(exc))
+        if self.api is not None and self._watch_api is not None:
+            log.info("kube_access", via=describe_access(cfg.kube))
+            self.core = client.CoreV1Api(self.api)
+            self.events = EventRecorder(
+                self.core, cfg.scheduler_name, enabled=cfg.emit_events, clock=self._clock
+            )
+            self.locks = NodeLocks(self.core, ttl_seconds=cfg.node_lock_ttl_seconds, clock=self._clock)
+            self.binder = Binder(
+                self.core,
+                self.cache,
+                self.locks,
+                self.events,
+                policy=self.policy,
+                request_config=self.request_config,
+                lock_wait_seconds=cfg.bind_lock_wait_seconds,
+                is_leader=self.leader.is_leader,
+                clock=self._clock,
+            )
+            self._start_reflectors(client.CoreV1Api(self._watch_api))
+        self.extender = Extender(
+            self.cache,
+            self.binder,
+            self.events,
+            self.metrics,
+            policy=self.policy,
+            request_config=self.request_config,
+            filter_mode=cfg.filter_mode,
+            ready=self.ready,
+            not_ready_error=(
+                f"no Kubernetes API: {self.kube_error}"
+                if self.kube_error
+                else "scheduler caches are not synced yet"
+            ),
+            sync_wait_seconds=0.0 if self.kube_error else 10.0,
+        )
+        try:
+            self._ssl = self._ssl_context()
+            self.http_port = await self._serve(self.extender.app(), cfg.http_bind, self._ssl)
+            self.metrics_port = await self._serve(metrics_app(self.metrics), cfg.metrics_bind_address, None)
+            self.grpc = build_server(self.grpc_services(), cfg.grpc_bind)
+            await self.grpc.start()
+        except BaseException:
+            await self.stop()
+            raise
+        log.info(
+            "scheduler_serving",
+            extender_port=self.http_port,
+            tls=cfg.cert_file is not None,
+            metrics_port=self.metrics_port,
+            grpc=self.grpc.target,
+            filter_mode=cfg.filter_mode,
+            node_policy=cfg.node_scheduler_policy,
+            gpu_policy=cfg.gpu_scheduler_policy,
+        )
+        if self.core is not None:
+            self._loop_task = asyncio.get_running_loop().create_task(self._registration_loop())
+        if self._ssl is not None:
+            self._tls_task = asyncio.get_running_loop().create_task(self._tls_loop())
+
+    def _start_reflectors(self, watch_core: client.CoreV1Api) -> None:
+        cfg = self.cfg
+        resync = cfg.resync_seconds or None
+        self.reflectors = [
+            Reflector(
+                watch_core.list_node,
+                name="nodes",
+                label_selector=cfg.node_label_selector or None,
+                on_event=self.cache.on_node_event,
+                resync_period=resync,
+            ),
+            Reflector(
+                watch_core.list_pod_for_all_namespaces,
+                name="pods",
+                on_event=self.cache.on_pod_event,
+                resync_period=resync,
+            ),
+            Reflector(
+                watch_core.list_resource_quota_for_all_namespaces,
+                name="resourcequotas",
+                on_event=self.cache.on_quota_event,
+                resync_period=resync,
+            ),
+        ]
+        if cfg.leader_elect:
+            assert self._watch_api is not None
+            self.reflectors.append(
+                Reflector(
+                    client.CoordinationV1Api(self._watch_api).list_namespaced_lease,
+                    name="lease",
+                    list_kwargs={"namespace": cfg.lease_namespace},
+                    field_selector=f"metadata.name={cfg.lease_name}",
+                    on_event=self.leader.on_lease_event,
+                    resync_period=resync,
+                )
+            )
+        for reflector in self.reflectors:
+            reflector.start()
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if not self.cfg.cert_file or not self.cfg.key_file:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self._tls_stamp = self._tls_files_stamp()
+        context.load_cert_chain(self.cfg.cert_file, self.cfg.key_file)
+        return context
+
+    def _tls_files_stamp(self) -> bytes | None:
+        """A digest of the certificate and key files (content, not mtime: a rotation within the same
+        second, or a Secret volume's symlink swap, must still be noticed)."""
+        digest = hashlib.sha256()
+        try:
+            for path in (self.cfg.cert_file or "", self.cfg.key_file or ""):
+                digest.update(Path(path).read_bytes())
+        except OSError:
+            return None
+        return digest.digest()
+
+    def reload_tls(self) -> bool:
+        """Load the certificate and key again when their files changed (cert-manager rotation, as HAMi's
+        certwatcher does); new connections use them, open ones keep theirs. True when reloaded."""
+        if self._ssl is None or not self.cfg.cert_file or not self.cfg.key_file:
+            return False
+        stamp = self._tls_files_stamp()
+        if stamp is None or stamp == self._tls_stamp:
+            return False
+        try:
+            self._ssl.load_cert_chain(self.cfg.cert_file, self.cfg.key_file)
+        except (OSError, ssl.SSLError) as exc:  # e.g. the key written before the certificate: retry later
+            log.warning("tls_reload_failed", error=str(exc))
+            return False
+        self._tls_stamp = stamp
+        log.info("tls_reloaded", cert_file=self.cfg.cert_file)
+        return True
+
+    async def _tls_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._tls_poll)
+            self.reload_tls()
+
+    async def _serve(self, app: web.Application, address: str, ssl_context: ssl.SSLContext | None) -> int:
+        host, port = split_host_port(address)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+        await runner.setup()
+        self._runners.append(runner)
+        site = web.TCPSite(runner, host or None, port, ssl_context=ssl_context)
+        await site.start()
+        bound: Any = runner.addresses[0]
+        return int(bound[1])
+
+    # --- registration / handshake loop (spec §3.9) ----------------------------------------------------------
+
+    async def _registration_loop(self) -> None:
+        while True:
+            try:
+                await self.registration_pass()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("registration_pass_failed")
+            await asyncio.sleep(self.cfg.health_interval_seconds)
+
+    async def registration_pass(self) -> None:
+        """One pass: (leader only) write `Requesting_<now>` handshakes where due; drop stale reservations."""
+        for reservation in self.cache.sweep_reservations(_RESERVATION_MAX_AGE):
+            log.info(
+                "reservation_expired",
+                pod=f"{reservation.namespace}/{reservation.name}",
+                node=reservation.node,
+            )
+        if self.core is None or not self.ready() or not self.leader.is_leader():
+            return
+        core = self.core
+        for node in self.cache.handshake_due():
+            body = {"metadata": {"annotations": {wire.NODE_HANDSHAKE: handshake_value(self._clock())}}}
+            try:
+                await offload(core.patch_node, node, body, _content_type=MERGE_PATCH, _preload_content=False)
+            except Exception as exc:
+                log.warning("handshake_write_failed", node=node, error=str(exc))
+
+    # --- stop -----------------------------------------------------------------------------------------------
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Refuse new binds and finish (or, after `grace` seconds, cancel and roll back) those under way,
+        releasing their node locks; then stop serving and stop the watches."""
+        if self.binder is not None:
+            await self.binder.shutdown(grace)
+        for task in (self._loop_task, self._tls_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._loop_task = self._tls_task = None
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        self._runners.clear()
+        if self.grpc is not None:
+            await self.grpc.stop(grace=2.0)
+        await self.events.drain()
+        reflectors, self.reflectors = self.reflectors, []
+        for reflector in reflectors:
+            await asyncio.to_thread(reflector.stop)
+        for api in (self.api, self._watch_api):
+            if api is not None:
+                await asyncio.to_thread(api.close)
+        self.api = self._watch_api = None
