@@ -123,7 +123,10 @@ def run_demo(
     while waiting and time.monotonic() < deadline:
         for namespace, name in list(waiting):
             current[name] = read_raw(core.read_namespaced_pod, name, namespace)
-            if _done(current[name], expect_running):
+            unschedulable = not (current[name].get("spec") or {}).get("nodeName") and bool(
+                _last_failure(core, namespace, name)
+            )
+            if unschedulable or _done(current[name], expect_running):
                 waiting.remove((namespace, name))
         if waiting:
             time.sleep(0.2)
