@@ -65,15 +65,14 @@ def new_api_client(access: KubeAccess, environ: Mapping[str, str] | None = None)
     return client.ApiClient(configuration)
 
 
+def raw_json(call: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    """Call a client method with `_preload_content=False` and decode its JSON body: skips the client's slow
+    model decoding, and works for answers it cannot decode (the Status that pods/binding returns)."""
+    response = call(*args, _preload_content=False, **kwargs)
+    return json.loads(response.data)
+
+
 def list_raw(list_call: Callable[..., Any], **kwargs: Any) -> list[dict[str, Any]]:
-    """Items of a list call as plain JSON dicts: skips the client's slow model decoding on big lists."""
-    response = list_call(_preload_content=False, **kwargs)
-    items: list[dict[str, Any]] = json.loads(response.data)["items"]
+    """Items of a list call as plain JSON dicts."""
+    items: list[dict[str, Any]] = raw_json(list_call, **kwargs).get("items") or []
     return items
-
-
-def read_raw(read_call: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
-    """One object as a plain JSON dict (the same shape a watch or list delivers)."""
-    response = read_call(*args, _preload_content=False, **kwargs)
-    obj: dict[str, Any] = json.loads(response.data)
-    return obj

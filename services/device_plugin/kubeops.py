@@ -8,7 +8,6 @@ to-allocate annotation).
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -20,6 +19,7 @@ from kubernetes.client.exceptions import ApiException
 
 from services.common import wire
 from services.common.codecs import WireFormatError, parse_node_lock
+from services.common.kube import raw_json
 from services.common.log import get_logger
 
 log = get_logger("device_plugin.kube")
@@ -41,6 +41,14 @@ def resource_version_of(obj: Mapping[str, Any]) -> str:
     return str((obj.get("metadata") or {}).get("resourceVersion") or "")
 
 
+def _annotation_patch(annotations: Mapping[str, str | None], resource_version: str | None) -> Obj:
+    """Merge-patch metadata; a resourceVersion makes it conditional (409 when the object moved on)."""
+    meta: Obj = {"annotations": dict(annotations)}
+    if resource_version:
+        meta["resourceVersion"] = resource_version
+    return meta
+
+
 class KubeOps:
     """Thin async facade over CoreV1Api for what the plugin reads and writes."""
 
@@ -49,49 +57,31 @@ class KubeOps:
         # client's annotations promise, and merge-patch bodies are plain dicts.
         self._core: Any = client.CoreV1Api(api)
 
-    # --- reads -----------------------------------------------------------------------------------
+    # --- reads ---------------------------------------------------------------------------------------------
 
-    def _get_node_sync(self, name: str) -> Obj:
-        resp = self._core.read_node(name, _preload_content=False, _request_timeout=30)
-        data: Obj = json.loads(resp.data)
+    async def _call(self, method: str, *args: Any, **kwargs: Any) -> Obj:
+        """One blocking client call, off the event loop, answered as plain JSON."""
+        call = getattr(self._core, method)
+        data: Obj = await asyncio.to_thread(raw_json, call, *args, _request_timeout=30, **kwargs)
         return data
 
     async def get_node(self, name: str) -> Obj:
-        return await asyncio.to_thread(self._get_node_sync, name)
+        return await self._call("read_node", name)
 
-    def _get_pod_sync(self, namespace: str, name: str) -> Obj | None:
+    async def get_pod(self, namespace: str, name: str) -> Obj | None:
         try:
-            resp = self._core.read_namespaced_pod(
-                name, namespace, _preload_content=False, _request_timeout=30
-            )
+            return await self._call("read_namespaced_pod", name, namespace)
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise
-        data: Obj = json.loads(resp.data)
-        return data
-
-    async def get_pod(self, namespace: str, name: str) -> Obj | None:
-        return await asyncio.to_thread(self._get_pod_sync, namespace, name)
-
-    def _pods_on_node_sync(self, node: str) -> list[Obj]:
-        resp = self._core.list_pod_for_all_namespaces(
-            field_selector=f"spec.nodeName={node}", _preload_content=False, _request_timeout=30
-        )
-        items: list[Obj] = json.loads(resp.data).get("items") or []
-        return items
 
     async def pods_on_node(self, node: str) -> list[Obj]:
-        return await asyncio.to_thread(self._pods_on_node_sync, node)
+        listing = await self._call("list_pod_for_all_namespaces", field_selector=f"spec.nodeName={node}")
+        items: list[Obj] = listing.get("items") or []
+        return items
 
-    # --- writes ----------------------------------------------------------------------------------
-
-    def _patch_pod_sync(self, namespace: str, name: str, body: Obj) -> Obj:
-        resp = self._core.patch_namespaced_pod(
-            name, namespace, body, _content_type=MERGE_PATCH, _preload_content=False, _request_timeout=30
-        )
-        data: Obj = json.loads(resp.data)
-        return data
+    # --- writes --------------------------------------------------------------------------------------------
 
     async def patch_pod_annotations(
         self,
@@ -100,35 +90,17 @@ class KubeOps:
         annotations: Mapping[str, str | None],
         resource_version: str | None = None,
     ) -> Obj:
-        meta: Obj = {"annotations": dict(annotations)}
-        if resource_version:
-            meta["resourceVersion"] = resource_version
-        return await asyncio.to_thread(self._patch_pod_sync, namespace, name, {"metadata": meta})
-
-    def _patch_node_sync(self, name: str, body: Obj) -> Obj:
-        resp = self._core.patch_node(
-            name, body, _content_type=MERGE_PATCH, _preload_content=False, _request_timeout=30
-        )
-        data: Obj = json.loads(resp.data)
-        return data
+        body = {"metadata": _annotation_patch(annotations, resource_version)}
+        return await self._call("patch_namespaced_pod", name, namespace, body, _content_type=MERGE_PATCH)
 
     async def patch_node_annotations(
         self, name: str, annotations: Mapping[str, str | None], resource_version: str | None = None
     ) -> Obj:
-        meta: Obj = {"annotations": dict(annotations)}
-        if resource_version:
-            meta["resourceVersion"] = resource_version
-        return await asyncio.to_thread(self._patch_node_sync, name, {"metadata": meta})
-
-    def _patch_node_status_sync(self, name: str, body: Obj) -> Obj:
-        resp = self._core.patch_node_status(
-            name, body, _content_type=MERGE_PATCH, _preload_content=False, _request_timeout=30
-        )
-        data: Obj = json.loads(resp.data)
-        return data
+        body = {"metadata": _annotation_patch(annotations, resource_version)}
+        return await self._call("patch_node", name, body, _content_type=MERGE_PATCH)
 
     async def patch_node_status(self, name: str, status: Obj) -> Obj:
-        return await asyncio.to_thread(self._patch_node_status_sync, name, {"status": status})
+        return await self._call("patch_node_status", name, {"status": status}, _content_type=MERGE_PATCH)
 
     # --- node lock -------------------------------------------------------------------------------
 

@@ -27,6 +27,13 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from services.common.selectors import (
+    SelectorError,
+    parse_field_selector,
+    parse_label_selector,
+    validate_label_key,
+    validate_label_value,
+)
 from services.kubelocal import errors
 from services.kubelocal.admission import AdmissionChain, AdmissionRequest
 from services.kubelocal.errors import ApiError, ResourceVersionConflict
@@ -51,13 +58,6 @@ from services.kubelocal.resources import (
     apply_defaults,
     default_status_on_create,
     validate_name,
-)
-from services.kubelocal.selectors import (
-    SelectorError,
-    parse_field_selector,
-    parse_label_selector,
-    validate_label_key,
-    validate_label_value,
 )
 from services.kubelocal.store import (
     Store,

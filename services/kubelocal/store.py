@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.common.selectors import FieldSelector, LabelSelector
 from services.kubelocal import errors
 from services.kubelocal.resources import (
     ALL_RESOURCES,
@@ -37,7 +38,6 @@ from services.kubelocal.resources import (
     default_status_on_create,
     field_value,
 )
-from services.kubelocal.selectors import FieldSelector, LabelSelector
 
 STATE_FORMAT_VERSION = 1
 

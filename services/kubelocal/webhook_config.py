@@ -16,14 +16,14 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from services.kubelocal.errors import ApiError
-from services.kubelocal.selectors import (
+from services.common.selectors import (
     LabelRequirement,
     LabelSelector,
     SelectorError,
     validate_label_key,
     validate_label_value,
 )
+from services.kubelocal.errors import ApiError
 
 Obj = dict[str, Any]
 

@@ -38,11 +38,11 @@ from typing import Any
 import aiohttp
 import structlog
 
+from services.common.selectors import LabelSelector, SelectorError
 from services.kubelocal.admission import AdmissionRequest
 from services.kubelocal.errors import ApiError
 from services.kubelocal.patch import PatchError, json_patch
 from services.kubelocal.resources import MUTATING_WEBHOOK_CONFIGURATIONS, NAMESPACES, ResourceType
-from services.kubelocal.selectors import LabelSelector, SelectorError
 from services.kubelocal.store import Store, WatchFilter
 from services.kubelocal.webhook_config import (
     DEFAULT_TIMEOUT_SECONDS,

@@ -16,7 +16,7 @@ from services.common import wire
 from services.common.codecs import WireFormatError, decode_pod_single_device
 from services.common.config import ConfigError
 from services.common.inventory import format_table
-from services.common.kube import read_raw
+from services.common.kube import raw_json
 
 ALLOCATIONS_ANNOTATION = "kube-vgpu.local/allocations"
 DEMO_COLUMNS = ["pod", "result", "node", "devices", "detail"]
@@ -122,7 +122,7 @@ def run_demo(
     current: dict[str, dict[str, Any]] = {}
     while waiting and time.monotonic() < deadline:
         for namespace, name in list(waiting):
-            current[name] = read_raw(core.read_namespaced_pod, name, namespace)
+            current[name] = raw_json(core.read_namespaced_pod, name, namespace)
             unschedulable = not (current[name].get("spec") or {}).get("nodeName") and bool(
                 _last_failure(core, namespace, name)
             )

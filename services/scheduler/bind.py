@@ -34,6 +34,7 @@ from kubernetes.client.exceptions import ApiException
 
 from services.common import wire
 from services.common.codecs import WireFormatError, encode_pod_single_device
+from services.common.kube import raw_json
 from services.common.log import get_logger
 from services.common.resources import NvidiaRequestConfig
 from services.scheduler.cache import Reservation, UsageCache
@@ -49,7 +50,7 @@ from services.scheduler.fit import (
     pod_context,
 )
 from services.scheduler.nodelock import MERGE_PATCH, LockError, NodeLocks
-from services.scheduler.offload import offload, raw_json
+from services.scheduler.offload import offload
 
 __all__ = [
     "BIND_ANNOTATION_KEYS",

@@ -6,7 +6,6 @@ the process with a message naming the key.
 
 from __future__ import annotations
 
-import re
 import socket
 from typing import Literal
 
@@ -16,6 +15,7 @@ from services.common import wire
 from services.common.config import ConfigModel
 from services.common.kube import KubeAccess
 from services.common.log import LogConfig
+from services.common.selectors import parse_label_selector
 from services.scheduler.policy import gpu_policy_tokens
 
 ENV_PREFIX = "KUBE_VGPU_SCHEDULER_"
@@ -23,8 +23,6 @@ ENV_PREFIX = "KUBE_VGPU_SCHEDULER_"
 _GPU_POLICY_WORDS = frozenset(
     {wire.POLICY_BINPACK, wire.POLICY_SPREAD, wire.POLICY_TOPOLOGY_AWARE, wire.POLICY_MUTEX, wire.POLICY_NUMA}
 )
-# `k=v`, `k!=v`, `k` or `!k` terms joined by commas (the equality subset of Kubernetes label selectors).
-_SELECTOR_TERM = re.compile(r"!?[A-Za-z0-9./_-]+(\s*(=|==|!=)\s*[A-Za-z0-9._-]*)?")
 
 
 def split_host_port(address: str) -> tuple[str, int]:
@@ -104,10 +102,8 @@ class SchedulerConfig(ConfigModel):
     @field_validator("node_label_selector")
     @classmethod
     def _selector(cls, value: str) -> str:
-        terms = [t.strip() for t in value.split(",")] if value.strip() else []
-        bad = [t for t in terms if not _SELECTOR_TERM.fullmatch(t)]
-        if bad:
-            raise ValueError(f"not a label selector term: {bad[0]!r} (want k=v, k!=v, k or !k)")
+        # The API server parses it on every LIST/WATCH; a typo must stop the start, not every watch.
+        parse_label_selector(value)
         return value
 
     @model_validator(mode="after")

@@ -10,9 +10,10 @@ from typing import Any
 
 from kubernetes import client
 
+from services.common.kube import raw_json
 from services.common.log import get_logger
 from services.scheduler.filtering import EventText
-from services.scheduler.offload import offload, raw_json
+from services.scheduler.offload import offload
 
 __all__ = ["EventRecorder", "event_body"]
 

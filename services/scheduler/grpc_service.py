@@ -21,12 +21,14 @@ from kubevgpu.scheduler.v1 import scheduler_service_pb2 as pb
 from kubevgpu.scheduler.v1 import scheduler_service_pb2_grpc as pb_grpc
 from services.common.codecs import parse_reasons
 from services.common.grpc_server import ServiceRegistration
+from services.common.kube import raw_json
 from services.common.model import ContainerDevice, DeviceUsage, PodSingleDevice
 from services.common.resources import NvidiaRequestConfig
+from services.common.selectors import SelectorError, parse_label_selector
 from services.scheduler.cache import PodUsage, UsageCache
 from services.scheduler.filtering import FilterOutcome, evaluate
 from services.scheduler.fit import NodeFit, PodAnnotationError, SchedulingPolicy, node_score, pod_context
-from services.scheduler.offload import offload, raw_json
+from services.scheduler.offload import offload
 from services.scheduler.runtime import SchedulerRuntime
 
 SERVICE_NAME = "kubevgpu.scheduler.v1.SchedulerService"
@@ -34,48 +36,6 @@ _REASON_TOTAL = re.compile(r"^\d+/(\d+) ")
 
 PodGetter = Callable[[str, str], Awaitable[Mapping[str, Any] | None]]
 """Reads one pod (namespace, name) from the API; None when it does not exist."""
-
-
-class LabelSelectorError(ValueError):
-    pass
-
-
-def parse_label_selector(selector: str) -> list[tuple[str, str, str]]:
-    """Equality-based selectors (`k=v`, `k==v`, `k!=v`, `k`, `!k`), comma-joined: what `kubectl -l` takes
-    for the usual cases. Set-based forms are refused with a message rather than mis-read."""
-    terms: list[tuple[str, str, str]] = []
-    for raw in (t.strip() for t in selector.split(",")):
-        if not raw:
-            continue
-        if " in " in raw or " notin " in raw or "(" in raw:
-            raise LabelSelectorError(f"set-based selector {raw!r} is not supported; use k=v, k!=v, k or !k")
-        if "!=" in raw:
-            key, _, value = raw.partition("!=")
-            terms.append((key.strip(), "!=", value.strip()))
-        elif "=" in raw:
-            key, _, value = raw.partition("=")
-            terms.append((key.strip(), "=", value.lstrip("=").strip()))
-        elif raw.startswith("!"):
-            terms.append((raw[1:].strip(), "!", ""))
-        else:
-            terms.append((raw, "exists", ""))
-    for key, _, _ in terms:
-        if not key:
-            raise LabelSelectorError(f"selector {selector!r} has a term without a key")
-    return terms
-
-
-def labels_match(labels: Mapping[str, str], terms: Sequence[tuple[str, str, str]]) -> bool:
-    for key, op, value in terms:
-        present = key in labels
-        if (
-            (op == "=" and labels.get(key) != value)
-            or (op == "!=" and present and labels[key] == value)
-            or (op == "exists" and not present)
-            or (op == "!" and present)
-        ):
-            return False
-    return True
 
 
 def _health(healthy: bool) -> device_pb2.DeviceHealth.ValueType:
@@ -200,14 +160,14 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
 
     async def ListNodes(self, request: pb.ListNodesRequest, context: Any) -> pb.ListNodesResponse:
         try:
-            terms = parse_label_selector(request.label_selector)
-        except LabelSelectorError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            selector = parse_label_selector(request.label_selector)
+        except SelectorError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"label_selector: {exc}")
         nodes = []
         for state in sorted(self._cache.nodes(), key=lambda s: s.name):
             if request.node_name and state.name != request.node_name:
                 continue
-            if not labels_match(state.labels, terms):
+            if not selector.matches(state.labels):
                 continue
             node = self._node(state.name)
             if node is not None:

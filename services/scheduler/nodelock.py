@@ -27,9 +27,10 @@ from kubernetes.client.exceptions import ApiException
 
 from services.common import wire
 from services.common.codecs import WireFormatError, encode_node_lock, parse_node_lock
+from services.common.kube import raw_json
 from services.common.log import get_logger
 from services.common.model import NodeLock
-from services.scheduler.offload import offload, raw_json
+from services.scheduler.offload import offload
 
 __all__ = [
     "LockError",

@@ -10,13 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-import json
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Final, ParamSpec, TypeVar
+from typing import Final, ParamSpec, TypeVar
 
-__all__ = ["API_THREADS", "offload", "raw_json"]
+__all__ = ["API_THREADS", "offload"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -40,10 +39,3 @@ async def offload(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T
     loop = asyncio.get_running_loop()
     call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
     return await loop.run_in_executor(_pool(), call)
-
-
-def raw_json(call: Callable[..., object], /, *args: object, **kwargs: object) -> Any:
-    """Call a client method with `_preload_content=False` and decode its JSON body (skips the client's slow
-    model decoding, and works for answers the client cannot decode, such as the Status of pods/binding)."""
-    response: Any = call(*args, _preload_content=False, **kwargs)
-    return json.loads(response.data)

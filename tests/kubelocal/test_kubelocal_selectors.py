@@ -7,7 +7,7 @@ import json
 import pytest
 from kubernetes.client import ApiException
 
-from services.kubelocal.selectors import SelectorError, parse_field_selector, parse_label_selector
+from services.common.selectors import SelectorError, parse_field_selector, parse_label_selector
 
 LABELS = {"app": "web", "tier": "frontend", "gpu": "4", "empty": ""}
 

@@ -20,7 +20,7 @@ from aiohttp import web
 from kubernetes import client
 from kubernetes.client import ApiException
 
-from services.kubelocal.selectors import SelectorError
+from services.common.selectors import SelectorError
 from services.kubelocal.webhook_config import label_selector
 
 Review = dict[str, Any]

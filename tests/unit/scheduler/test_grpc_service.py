@@ -22,7 +22,7 @@ from services.common.model import DeviceInfo
 from services.common.resources import NvidiaRequestConfig
 from services.scheduler.cache import UsageCache
 from services.scheduler.fit import SchedulingPolicy
-from services.scheduler.grpc_service import LabelSelectorError, SchedulerServicer, parse_label_selector
+from services.scheduler.grpc_service import SchedulerServicer
 from services.vgpuctl.cli import main as vgpuctl_main
 
 
@@ -168,23 +168,13 @@ async def test_simulate_rejects_bad_pods(stub: pb_grpc.SchedulerServiceStub, bod
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-@pytest.mark.parametrize(
-    ("selector", "expected"),
-    [
-        ("a=b", [("a", "=", "b")]),
-        ("a==b, c!=d", [("a", "=", "b"), ("c", "!=", "d")]),
-        ("gpu,!spot", [("gpu", "exists", ""), ("spot", "!", "")]),
-        ("", []),
-    ],
-)
-def test_parse_label_selector(selector: str, expected: list[tuple[str, str, str]]) -> None:
-    assert parse_label_selector(selector) == expected
-
-
-@pytest.mark.parametrize("selector", ["zone in (a,b)", "=b"])
-def test_parse_label_selector_rejects(selector: str) -> None:
-    with pytest.raises(LabelSelectorError):
-        parse_label_selector(selector)
+async def test_list_nodes_set_based_selector_and_bad_selector(stub: pb_grpc.SchedulerServiceStub) -> None:
+    reply = await stub.ListNodes(pb.ListNodesRequest(label_selector="zone in (a,c)"))
+    assert [n.name for n in reply.nodes] == ["small"]
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.ListNodes(pb.ListNodesRequest(label_selector="zone in (a"))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "label_selector" in (info.value.details() or "")
 
 
 async def _vgpuctl(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
