@@ -46,7 +46,7 @@ run: build
 
 # Benchmarks print their figures; they assert nothing and are not part of `make test`.
 bench: build
-	@for b in bench/*_bench.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	@for b in bench/*_bench.py bench/*/*_bench.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 constraints: $(STAMP)
 	{ echo "# Exact pins for every runtime and development dependency (pip install -c constraints.txt)."; \

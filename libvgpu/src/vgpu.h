@@ -1,0 +1,202 @@
+/* Internal interfaces of libvgpu. Nothing here is exported from the shared object. */
+#ifndef VGPU_INTERNAL_H
+#define VGPU_INTERNAL_H
+
+#include <pthread.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "driver_api.h"
+#include "region_layout.h"
+
+#define VGPU_EXPORT __attribute__((visibility("default")))
+#define VGPU_MAX_DEVICES 16
+
+/* ------------------------------------------------------------------ config (config.c) */
+
+enum vgpu_policy { VGPU_POLICY_DEFAULT = 0, VGPU_POLICY_FORCE = 1, VGPU_POLICY_DISABLE = 2 };
+
+struct vgpu_config {
+    int disabled;                            /* CUDA_DISABLE_CONTROL=true: pure pass-through */
+    int log_level;                           /* LIBCUDA_LOG_LEVEL (default 2) */
+    uint64_t mem_limit[VGPU_MAX_DEVICES];    /* bytes, 0 = unlimited */
+    uint64_t sm_limit[VGPU_MAX_DEVICES];     /* percent, 100 = unlimited */
+    int policy;                              /* GPU_CORE_UTILIZATION_POLICY */
+    int priority;                            /* CUDA_TASK_PRIORITY (default 1) */
+    int oversubscribe;                       /* CUDA_OVERSUBSCRIBE=true: virtual total not clamped */
+    char cache_path[4096];                   /* CUDA_DEVICE_MEMORY_SHARED_CACHE */
+    char libcuda[4096];                      /* KUBE_VGPU_REAL_LIBCUDA (default libcuda.so.1) */
+    char libnvml[4096];                      /* KUBE_VGPU_REAL_LIBNVML (default libnvidia-ml.so.1) */
+};
+
+extern struct vgpu_config g_cfg;
+
+/* Reads the environment into *cfg (pure apart from logging). */
+void vgpu_config_from_env(struct vgpu_config *cfg);
+/* Parses a HAMi-style size: integer (strtoul base 0) with an optional k/m/g suffix. Returns 0 on success
+ * (*out set), -1 when the text is malformed (then *out holds HAMi-core's lenient reading). */
+int vgpu_parse_size(const char *text, uint64_t *out);
+int vgpu_env_true(const char *name);
+
+/* ------------------------------------------------------------------ logging (config.c) */
+
+enum { VGPU_LOG_ERROR = 1, VGPU_LOG_WARN = 2, VGPU_LOG_INFO = 3, VGPU_LOG_DEBUG = 4 };
+void vgpu_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+#define LOG_ERROR(...) vgpu_log(VGPU_LOG_ERROR, __VA_ARGS__)
+#define LOG_WARN(...) vgpu_log(VGPU_LOG_WARN, __VA_ARGS__)
+#define LOG_INFO(...) vgpu_log(VGPU_LOG_INFO, __VA_ARGS__)
+#define LOG_DEBUG(...)                                                                                       \
+    do {                                                                                                     \
+        if (g_cfg.log_level >= VGPU_LOG_DEBUG) vgpu_log(VGPU_LOG_DEBUG, __VA_ARGS__);                        \
+    } while (0)
+
+/* ------------------------------------------------------------------ real driver tables (real.c) */
+
+#define VGPU_ENUM_ENTRY(name) VGPU_IDX_##name,
+enum {
+    VGPU_CUDA_HOOKS(VGPU_ENUM_ENTRY) VGPU_CUDA_HOOK_COUNT_MARK,
+    VGPU_CUDA_INTERNAL(VGPU_ENUM_ENTRY) VGPU_CUDA_COUNT
+};
+enum { VGPU_NVML_HOOKS(VGPU_ENUM_ENTRY) VGPU_NVML_HOOK_COUNT_MARK, VGPU_NVML_INTERNAL(VGPU_ENUM_ENTRY) VGPU_NVML_COUNT };
+#undef VGPU_ENUM_ENTRY
+
+extern void *vgpu_real_cuda[VGPU_CUDA_COUNT];
+extern void *vgpu_real_nvml[VGPU_NVML_COUNT];
+
+/* The real function `fn` with the hook's own type; NULL when the driver lacks it. */
+#define REAL(fn) ((__typeof__(&fn))vgpu_real_cuda[VGPU_IDX_##fn])
+#define REAL_NVML(fn) ((__typeof__(&fn))vgpu_real_nvml[VGPU_IDX_##fn])
+#define REQUIRE_REAL(fn)                                                                                     \
+    do {                                                                                                     \
+        vgpu_init();                                                                                         \
+        if (REAL(fn) == NULL) return CUDA_ERROR_NOT_FOUND;                                                   \
+    } while (0)
+
+/* One-time process init: config, real libcuda table. Cheap after the first call. */
+void vgpu_init(void);
+/* Loads libnvidia-ml lazily and runs the real nvmlInit_v2 once; returns 0 when NVML is usable. */
+int vgpu_nvml_ready(void);
+/* dlsym answer for a name: our hook when `name` is hooked and the lookup would reach the real driver. */
+void *vgpu_hook_for_name(const char *name);
+/* Maps a real driver entry point returned by cuGetProcAddress to our hook (or returns it unchanged). */
+void *vgpu_procaddr_map(const char *symbol, void *real_pfn, int cuda_version, cuuint64_t flags);
+/* The real dlsym (glibc's), resolved once. */
+void *vgpu_real_dlsym(void *handle, const char *name);
+
+static inline int vgpu_passthrough(void) { return g_cfg.disabled; }
+
+/* ------------------------------------------------------------------ devices (device.c) */
+
+/* Region index (in-container NVML index) of CUDA device ordinal `cudev`, or -1 when not representable. */
+int vgpu_dev_index(CUdevice cudev);
+/* Region index of the current context's device; -1 without a context. *ctx gets the current context. */
+int vgpu_current_dev(CUcontext *ctx);
+/* Builds the CUDA→NVML map by UUID and publishes device_num/uuids in the region (after cuInit). */
+void vgpu_devices_postinit(void);
+
+/* ------------------------------------------------------------------ shared region (region.c) */
+
+enum vgpu_mem_kind { VGPU_MEM_CONTEXT = 0, VGPU_MEM_MODULE = 1, VGPU_MEM_DATA = 2 };
+
+/* Maps the region (creating and initialising it if needed). Returns the mapping, never NULL: when the file
+ * cannot be used, a private anonymous region is used instead (limits stay per process). */
+vgpu_region_t *vgpu_region(void);
+/* Attaches and registers this process's slot (idempotent; re-registers after fork). */
+void vgpu_region_register(void);
+/* Charges `bytes` to this process's slot for device `dev`. With check_limit, refuses (returns -1) when
+ * the sum over all slots plus `bytes` would pass the device limit (dead slots are reclaimed first). */
+int vgpu_region_charge(int dev, uint64_t bytes, int kind, int check_limit);
+/* Gives back `bytes` (saturating at zero). */
+void vgpu_region_uncharge(int dev, uint64_t bytes, int kind);
+/* Sum of used[dev].total over all slots; reclaims dead slots at most once a second. */
+uint64_t vgpu_region_usage(int dev);
+uint64_t vgpu_region_limit(int dev);
+/* Removes slots of dead processes; returns how many were removed. */
+int vgpu_region_reclaim_dead(void);
+/* Publishes this process's measured SM share (percent) for `dev` with a timestamp, and whether it was held
+ * back by its budget (saturated). */
+void vgpu_region_set_sm_util(int dev, uint64_t percent, int saturated);
+/* Fresh sm_util of the other live slots for `dev`: sums (percent) over saturated and unsaturated ones and the
+ * number of saturated ones. Returns the total. */
+uint64_t vgpu_region_others_sm_util(int dev, uint64_t *sum_unsat, int *n_sat);
+void vgpu_region_note_kernel(void);
+/* Resets per-process state in a fork child. */
+void vgpu_region_atfork_child(void);
+/* For tests: detach and forget everything (does not touch the file). */
+void vgpu_region_reset_for_tests(void);
+/* Whether `pid` (with /proc start time `start`, 0 = unknown) is gone. */
+int vgpu_pid_dead(pid_t pid, uint64_t start);
+uint64_t vgpu_proc_start_time(pid_t pid);
+
+/* ------------------------------------------------------------------ allocation tracking (track.c) */
+
+enum vgpu_track_kind {
+    VGPU_TRK_PTR = 1,     /* cuMemAlloc / pitch / managed: key = device pointer */
+    VGPU_TRK_ASYNC = 2,   /* stream-ordered allocation: key = device pointer, aux = pool */
+    VGPU_TRK_VMM = 3,     /* cuMemCreate: key = generic handle */
+    VGPU_TRK_ARRAY = 4,   /* cuArrayCreate / cuArray3DCreate: key = CUarray */
+    VGPU_TRK_MIPMAP = 5,  /* cuMipmappedArrayCreate: key = CUmipmappedArray */
+    VGPU_TRK_POOL = 6,    /* memory pool: key = pool, bytes = charged reserve */
+    VGPU_TRK_CTX = 7,     /* context footprint: key = context */
+};
+
+struct vgpu_track_entry {
+    uint64_t key;
+    uint64_t bytes;
+    uint64_t aux;      /* pool handle for ASYNC; flags for POOL */
+    uintptr_t ctx;     /* owning context (0 when unknown) */
+    int kind;
+    int dev;
+};
+
+void vgpu_track_put(const struct vgpu_track_entry *e);
+/* Removes the entry and copies it to *out; returns 1 when found. */
+int vgpu_track_take(int kind, uint64_t key, struct vgpu_track_entry *out);
+int vgpu_track_get(int kind, uint64_t key, struct vgpu_track_entry *out);
+/* Updates bytes of an existing entry; returns 1 when found. */
+int vgpu_track_set_bytes(int kind, uint64_t key, uint64_t bytes);
+/* Removes every entry of context `ctx`, calling fn for each; returns the count. */
+int vgpu_track_drop_ctx(uintptr_t ctx, void (*fn)(const struct vgpu_track_entry *));
+/* Calls fn for every entry of `kind` (under the table lock; fn must not call back into the table). */
+void vgpu_track_each(int kind, void (*fn)(const struct vgpu_track_entry *, void *), void *arg);
+void vgpu_track_clear(void);
+size_t vgpu_track_count(void);
+
+/* ------------------------------------------------------------------ memory (hooks_mem.c) */
+
+void vgpu_mem_release_entry(const struct vgpu_track_entry *e);
+/* Re-reads the reserve of every tracked pool and corrects the charges. */
+void vgpu_pools_refresh(void);
+uint64_t vgpu_array_bytes(const CUDA_ARRAY3D_DESCRIPTOR *d, unsigned int levels);
+
+/* ------------------------------------------------------------------ SM controller (smctl.c) */
+
+struct vgpu_launch_guard {
+    int active;
+    int dev;
+    int ptsz;
+    CUstream stream;
+    void *rec;
+};
+
+/* Called before a launch on `stream` (ptsz: per-thread default stream semantics). When the device is
+ * throttled it waits for budget, keeps the device's controller locked and returns active=1. */
+void vgpu_sm_before_launch(struct vgpu_launch_guard *g, CUstream stream, int ptsz);
+/* Must follow every vgpu_sm_before_launch with the launch's result. */
+void vgpu_sm_after_launch(struct vgpu_launch_guard *g, CUresult launch_result);
+/* Drops records/events that belong to a context being destroyed. */
+void vgpu_sm_forget_ctx(CUcontext ctx);
+void vgpu_sm_atfork_child(void);
+
+/* Pure controller maths, exposed for the unit tests. */
+struct vgpu_bucket {
+    double rate;         /* share of GPU time allowed (0..1) */
+    double tokens_ns;    /* budget of GPU-busy nanoseconds */
+    double cap_ns;       /* most uncommitted budget kept */
+    int64_t last_ns;     /* host time of the last refill */
+};
+void vgpu_bucket_refill(struct vgpu_bucket *b, int64_t now_ns, double committed_ns);
+
+int64_t vgpu_now_ns(void);
+
+#endif
