@@ -30,6 +30,7 @@ import os
 import re
 import signal
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -389,12 +390,14 @@ class KubeletStandIn:
             ids = list(preferred.container_responses[0].deviceIDs) if preferred.container_responses else []
             if len(ids) == count and len(set(ids)) == count and set(ids) <= set(available):
                 chosen = ids
+        allocate_started = time.perf_counter()
         response = await plugin.stub.Allocate(
             api_pb2.AllocateRequest(
                 container_requests=[api_pb2.ContainerAllocateRequest(devices_ids=chosen)]
             ),
             timeout=30,
         )
+        allocate_ms = round((time.perf_counter() - allocate_started) * 1000, 3)
         if len(response.container_responses) != 1:
             raise AdmissionError(
                 f"Allocate answered {len(response.container_responses)} responses for 1 container"
@@ -403,7 +406,13 @@ class KubeletStandIn:
             await plugin.stub.PreStartContainer(
                 api_pb2.PreStartContainerRequest(devices_ids=chosen), timeout=30
             )
-        log.info("container_allocated", container=container.get("name"), resource=resource, devices=chosen)
+        log.info(
+            "container_allocated",
+            container=container.get("name"),
+            resource=resource,
+            devices=chosen,
+            allocate_ms=allocate_ms,
+        )
         return chosen, response.container_responses[0], plugin
 
     async def _admit(self, pod: Obj) -> None:

@@ -18,6 +18,11 @@ Rules (HAMi's, with its phantom-usage bugs fixed, known weakness 3 and 4):
   pod said, so a pod is never counted twice.
 - A node is schedulable under the rules of `services.scheduler.health`; an undecodable register annotation is
   logged with the node name and the node is skipped.
+
+Snapshots are built once per node state and shared (`CachedSnapshot`, read-only for every caller): any change
+that touches a node (the node itself, a pod or a reservation placed on it) drops its snapshot, and the next
+read builds it again. A filter over 1000 nodes therefore costs a dictionary lookup per unchanged node, and
+`services.scheduler.filtering.evaluate` keeps each node's fit results for identical pods on the snapshot.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -43,6 +48,7 @@ from services.common.model import (
 from services.common.resources import quantity_as_int64
 from services.scheduler.fit import (
     NamespaceQuota,
+    NodeFit,
     NodeSnapshot,
     QuotaEntry,
     QuotaView,
@@ -52,6 +58,7 @@ from services.scheduler.fit import (
 from services.scheduler.health import NodeHealth, allocatable_gpus, needs_handshake, next_dropped, node_health
 
 __all__ = [
+    "CachedSnapshot",
     "NodeState",
     "PodUsage",
     "QuotaLimit",
@@ -66,6 +73,7 @@ log = get_logger(__name__)
 Obj = dict[str, Any]
 
 _TERMINAL_PHASES: Final = frozenset({"Succeeded", "Failed"})
+_NEVER: Final = datetime.min.replace(tzinfo=UTC)  # a time the time-independent health rules never read
 _DELETED: Final = "DELETED"
 
 
@@ -262,6 +270,16 @@ class NodeState:
     # with a fresh handshake request (sticky until the handshake value changes).
     refresh_handshake: bool = False
 
+    @property
+    def steady_health(self) -> NodeHealth | None:
+        """The node's health when it does not depend on the time (every case but a handshake awaiting the
+        kubelet), else None."""
+        if self.decode_error is not None or not self.devices:
+            return self.health(_NEVER)
+        if (self.allocatable is not None and self.allocatable > 0) or self.dropped:
+            return self.health(_NEVER)
+        return None
+
     def health(self, now: datetime) -> NodeHealth:
         if self.decode_error is not None:
             return NodeHealth(False, f"undecodable {wire.NODE_NVIDIA_REGISTER}: {self.decode_error}")
@@ -351,6 +369,24 @@ class UsageCache:
         self._memory_factor = max(memory_factor, 1)
         self._clock = clock
         self.generation = 0  # bumped on every change (cheap "did anything change" for pollers)
+        # node -> its shared snapshot while the node is unchanged, and whether the node is schedulable
+        # whatever the time (then a read needs no health check)
+        self._snapshots: dict[str, tuple[CachedSnapshot, bool]] = {}
+        self._versions: dict[str, int] = {}  # node -> generation of its last change
+
+    def _touch(self, node: str) -> None:
+        """The node's usage or inventory changed (call with the lock held): its snapshot is stale."""
+        self._versions[node] = self.generation
+        self._snapshots.pop(node, None)
+
+    def _touch_uid(self, uid: str) -> None:
+        """Stale snapshots wherever pod `uid` counts (its watched copy and its reservation)."""
+        usage = self._pods.get(uid)
+        if usage is not None:
+            self._touch(usage.node)
+        reservation = self._reservations.get(uid)
+        if reservation is not None:
+            self._touch(reservation.node)
 
     # --- events ---------------------------------------------------------------------------------------------
 
@@ -360,6 +396,7 @@ class UsageCache:
             return
         with self._lock:
             self.generation += 1
+            self._touch(name)
             if event_type == _DELETED:
                 self._nodes.pop(name, None)
                 return
@@ -386,9 +423,12 @@ class UsageCache:
                 if self._pod_uids.get(key) == uid:
                     del self._pod_uids[key]
                 if event_type == _DELETED or _phase(pod) in _TERMINAL_PHASES:
-                    self._reservations.pop(uid, None)
+                    dropped = self._reservations.pop(uid, None)
+                    if dropped is not None:
+                        self._touch(dropped.node)
                 return
             self._forget(uid)
+            self._touch(usage.node)
             self._pods[uid] = usage
             self._by_node.setdefault(usage.node, set()).add(uid)
             self._pod_uids[key] = uid
@@ -400,6 +440,7 @@ class UsageCache:
     def _forget(self, uid: str) -> None:
         old = self._pods.pop(uid, None)
         if old is not None:
+            self._touch(old.node)
             on_node = self._by_node.get(old.node)
             if on_node is not None:
                 on_node.discard(uid)
@@ -433,7 +474,9 @@ class UsageCache:
     def reserve(self, reservation: Reservation) -> None:
         with self._lock:
             self.generation += 1
+            self._touch_uid(reservation.uid)
             self._reservations[reservation.uid] = reservation
+            self._touch(reservation.node)
 
     def commit_reservation(self, uid: str) -> None:
         """The bind succeeded: keep counting until the pod's annotations arrive through the watch."""
@@ -442,6 +485,8 @@ class UsageCache:
             if reservation is not None:
                 current = self._pods.get(uid)
                 if current is not None and _same_placement(reservation, current):
+                    self.generation += 1
+                    self._touch_uid(uid)
                     del self._reservations[uid]
                 else:
                     self._reservations[uid] = replace(reservation, committed=True, created=time.monotonic())
@@ -449,6 +494,7 @@ class UsageCache:
     def drop_reservation(self, uid: str) -> Reservation | None:
         with self._lock:
             self.generation += 1
+            self._touch_uid(uid)
             return self._reservations.pop(uid, None)
 
     def sweep_reservations(self, max_age: float, now: float | None = None) -> list[Reservation]:
@@ -461,10 +507,11 @@ class UsageCache:
                 for r in self._reservations.values()
                 if r.committed and moment - r.created > max_age and r.uid not in self._pods
             ]
-            for reservation in stale:
-                del self._reservations[reservation.uid]
             if stale:
                 self.generation += 1
+            for reservation in stale:
+                self._touch(reservation.node)
+                del self._reservations[reservation.uid]
             return stale
 
     def reservations(self) -> list[Reservation]:
@@ -558,15 +605,48 @@ class UsageCache:
         `fresh_pods` are pod objects just read from the API that take precedence over the watch's copies
         (the bind-time re-fit under the node lock).
         """
-        override = self._usages_of(fresh_pods) if fresh_pods is not None else None
+        if fresh_pods is not None:
+            override: dict[str, PodUsage] | None = self._usages_of(fresh_pods)
+        else:
+            override = None
         with self._lock:
+            # The shared snapshot serves every read that would build the same thing: no fresh pods, and the
+            # excluded pod (if any) does not count on this node. First the hot path of a filter over many
+            # unchanged, steadily healthy nodes, for a pod that counts nowhere yet.
+            entry = self._snapshots.get(name) if override is None else None
+            if (
+                entry is not None
+                and (entry[1] or include_unhealthy)
+                and (
+                    not exclude_uid
+                    or (exclude_uid not in self._pods and exclude_uid not in self._reservations)
+                )
+            ):
+                return entry[0]
             state = self._nodes.get(name)
             if state is None:
                 return None
-            if not include_unhealthy and not state.health(self._clock()).schedulable:
+            steady = state.steady_health
+            if not include_unhealthy and not (steady or state.health(self._clock())).schedulable:
                 return None
+            shared = override is None and not (exclude_uid and self._counts_on(name, exclude_uid))
+            if shared and entry is not None:
+                return entry[0]
+            version = self._versions.get(name)
             usages = self._usages_on(name, exclude_uid, override)
-        return build_snapshot(state, usages)
+        snapshot = build_snapshot(state, usages)
+        if shared:
+            with self._lock:
+                if self._versions.get(name) == version and self._nodes.get(name) is state:
+                    self._snapshots[name] = (snapshot, steady is not None and steady.schedulable)
+        return snapshot
+
+    def _counts_on(self, node: str, uid: str) -> bool:
+        """Whether pod `uid` counts on `node` (call with the lock held)."""
+        reservation = self._reservations.get(uid)
+        if reservation is not None:
+            return reservation.node == node
+        return uid in self._by_node.get(node, ())
 
     def snapshot_from_object(self, node: Obj, *, exclude_uid: str | None = None) -> NodeSnapshot | None:
         """A snapshot whose inventory comes from a Node object sent by the caller (the non-cache-capable
@@ -597,9 +677,11 @@ class UsageCache:
         with self._lock:
             limits = [limit for limits in self._quotas.values() for limit in limits]
             namespaces = {limit.namespace for limit in limits}
-            usages = [
-                u for u in self._effective_usages(exclude_uid, None).values() if u.namespace in namespaces
-            ]
+            usages = (
+                [u for u in self._effective_usages(exclude_uid, None).values() if u.namespace in namespaces]
+                if namespaces
+                else []
+            )
         view = QuotaView(
             memory_factor=self._memory_factor,
             memory_resource=self._memory_resource,
@@ -641,7 +723,15 @@ def _phase(pod: Mapping[str, Any]) -> str:
     return phase if isinstance(phase, str) else ""
 
 
-def build_snapshot(state: NodeState, usages: Sequence[PodUsage]) -> NodeSnapshot:
+@dataclass(eq=False)
+class CachedSnapshot(NodeSnapshot):
+    """A snapshot as the cache builds it; possibly shared between readers, so never to be modified.
+    `fits` is where `filtering.evaluate` keeps the outcome of fitting a given pod shape on it."""
+
+    fits: dict[Hashable, NodeFit] = field(default_factory=dict, repr=False)
+
+
+def build_snapshot(state: NodeState, usages: Sequence[PodUsage]) -> CachedSnapshot:
     """A node's cards with the given pods' usage added (spec §3.4); unknown GPU UUIDs are logged, skipped."""
     devices = [DeviceUsage.from_device(d) for d in state.devices]
     mig: dict[str, list[MigPlacement]] = {}
@@ -653,6 +743,6 @@ def build_snapshot(state: NodeState, usages: Sequence[PodUsage]) -> NodeSnapshot
             log.debug("pod_devices_unknown_on_node", pod=usage.key, node=state.name, uuids=unknown)
         for uuid, placement in usage.mig:
             mig.setdefault(uuid, []).append(placement)
-    return NodeSnapshot(
+    return CachedSnapshot(
         name=state.name, devices=devices, annotations=dict(state.annotations), mig_placements=mig
     )

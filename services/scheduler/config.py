@@ -6,6 +6,7 @@ the process with a message naming the key.
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Literal
 
@@ -76,6 +77,14 @@ class SchedulerConfig(ConfigModel):
     identity: str = Field(
         default_factory=socket.gethostname,
         description="this replica's identity: leader when the Lease holder starts with it (default hostname)",
+    )
+    pod_name: str = Field(
+        default_factory=lambda: os.environ.get("POD_NAME", ""),
+        description="this extender's pod (env POD_NAME, as the chart passes it): gets hami.io/scheduler-role",
+    )
+    pod_namespace: str = Field(
+        default_factory=lambda: os.environ.get("POD_NAMESPACE", ""),
+        description="namespace of that pod (env POD_NAMESPACE); no role label when either is empty",
     )
     emit_events: bool = Field(True, description="post FilteringSucceed/Failed and Binding* events on pods")
     device_config_file: str | None = Field(None, description="HAMi device-config.yaml, validated at start")

@@ -3,16 +3,23 @@
 `evaluate` fits one pod onto every candidate node and sorts the outcome into fitting nodes, failure reasons
 and HAMi's single best node; it changes nothing. The extender's filter and prioritize verbs and the gRPC
 SchedulerService (ExplainPod, Simulate) all call it with snapshots taken from the `UsageCache`.
+
+Fitting is the hot path (1000 nodes per filter, then the same again for prioritize), so the verdict of a pod
+shape on a node is kept on the node's shared `CachedSnapshot`, which the cache replaces whenever that node's
+usage changes. A later pod with the same requests, annotations and policy (the next replica of a Deployment,
+or the prioritize call after a filter) reuses it. Pods of a namespace with a GPU quota are never memoised:
+their verdict depends on the usage of the whole namespace.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
 from services.common import wire
 from services.common.codecs import parse_reasons
+from services.scheduler.cache import CachedSnapshot
 from services.scheduler.fit import (
     NodeFit,
     NodeSnapshot,
@@ -34,6 +41,25 @@ __all__ = [
 
 NORMAL: Final = "Normal"
 WARNING: Final = "Warning"
+
+# Pod shapes remembered per node snapshot (a new snapshot starts empty; this only bounds odd workloads).
+_MEMO_LIMIT: Final = 64
+_SHAPES_LIMIT: Final = 4096
+
+
+class _Shape:
+    """An interned pod shape: one object per distinct key, hashed once, compared by identity."""
+
+    __slots__ = ("_hash",)
+
+    def __init__(self, value: Hashable) -> None:
+        self._hash = hash(value)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+
+_SHAPES: dict[Hashable, _Shape] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +100,7 @@ def evaluate(
     """Fit `pod` on each candidate; a candidate without a snapshot is `node unregistered`. Raises
     `PodAnnotationError` when the pod's own annotations are invalid (an error for the whole request)."""
     resolved = policy.resolve(pod.annotations)
+    key = _memo_key(pod, resolved, quota)
     verdicts: list[NodeFit] = []
     failed: dict[str, str] = {}
     seen: set[str] = set()
@@ -84,6 +111,15 @@ def evaluate(
         snapshot = snapshots.get(name)
         if snapshot is None:
             verdict = NodeFit(node=name, fits=False, reason=wire.NODE_UNREGISTERED)
+        elif key is not None and isinstance(snapshot, CachedSnapshot):
+            memo = snapshot.fits
+            found = memo.get(key)
+            if found is None:
+                found = fit_pod(pod, snapshot, resolved, quota)
+                if len(memo) >= _MEMO_LIMIT:
+                    memo.clear()
+                memo[key] = found
+            verdict = found
         else:
             verdict = fit_pod(pod, snapshot, resolved, quota)
         verdicts.append(verdict)
@@ -97,6 +133,19 @@ def evaluate(
         best=choose_best(fitting, resolved.node_policy),
         fitting=fitting,
     )
+
+
+def _memo_key(pod: PodContext, policy: SchedulingPolicy, quota: QuotaView | None) -> Hashable | None:
+    """Everything besides the node that `fit_pod` reads, or None when the verdict must not be reused."""
+    if quota is not None and pod.namespace in quota.namespaces:
+        return None
+    raw = (pod.requests, pod.init_count, pod.sidecar_slots, tuple(sorted(pod.annotations.items())), policy)
+    shape = _SHAPES.get(raw)
+    if shape is None:
+        if len(_SHAPES) >= _SHAPES_LIMIT:
+            _SHAPES.clear()  # forgotten shapes only cost a re-fit: their memo entries are never hit again
+        shape = _SHAPES[raw] = _Shape(raw)
+    return shape
 
 
 def success_event(outcome: FilterOutcome) -> EventText:

@@ -34,7 +34,7 @@ from services.scheduler.config import SchedulerConfig, split_host_port
 from services.scheduler.events import EventRecorder
 from services.scheduler.extender import Extender
 from services.scheduler.health import handshake_value
-from services.scheduler.leader import LeaderState
+from services.scheduler.leader import LeaderMonitor, LeaderState, pod_role_labeller
 from services.scheduler.metrics import SchedulerMetrics, metrics_app
 from services.scheduler.nodelock import MERGE_PATCH, NodeLocks
 from services.scheduler.offload import API_THREADS, offload
@@ -96,6 +96,8 @@ class SchedulerRuntime:
         self.http_port: int | None = None
         self.metrics_port: int | None = None
         self._loop_task: asyncio.Task[None] | None = None
+        self._leader_task: asyncio.Task[None] | None = None
+        self.leader_monitor: LeaderMonitor | None = None
         self._tls_task: asyncio.Task[None] | None = None
         self._tls_poll = tls_poll_seconds
         self._ssl: ssl.SSLContext | None = None
@@ -181,6 +183,8 @@ class SchedulerRuntime:
         )
         if self.core is not None:
             self._loop_task = asyncio.get_running_loop().create_task(self._registration_loop())
+            self.leader_monitor = self._leader_monitor(self.core)
+            self._leader_task = asyncio.get_running_loop().create_task(self.leader_monitor.run())
         if self._ssl is not None:
             self._tls_task = asyncio.get_running_loop().create_task(self._tls_loop())
 
@@ -274,6 +278,23 @@ class SchedulerRuntime:
         bound: Any = runner.addresses[0]
         return int(bound[1])
 
+    # --- leadership (spec §3.10) ----------------------------------------------------------------------------
+
+    def _leader_monitor(self, core: client.CoreV1Api) -> LeaderMonitor:
+        cfg = self.cfg
+        label = None
+        if cfg.pod_name and cfg.pod_namespace:
+            label = pod_role_labeller(core, cfg.pod_namespace, cfg.pod_name)
+        else:
+            log.info("scheduler_role_label_skipped", reason="POD_NAME or POD_NAMESPACE is not set")
+        return LeaderMonitor(self.leader, on_gain=self._leadership_gained, label=label)
+
+    async def _leadership_gained(self) -> None:
+        """Leadership gained: a registration pass as soon as the caches have listed (HAMi re-registers)."""
+        while not self.ready():
+            await asyncio.sleep(0.1)
+        await self.registration_pass()
+
     # --- registration / handshake loop (spec §3.9) ----------------------------------------------------------
 
     async def _registration_loop(self) -> None:
@@ -311,12 +332,12 @@ class SchedulerRuntime:
         releasing their node locks; then stop serving and stop the watches."""
         if self.binder is not None:
             await self.binder.shutdown(grace)
-        for task in (self._loop_task, self._tls_task):
+        for task in (self._leader_task, self._loop_task, self._tls_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._loop_task = self._tls_task = None
+        self._leader_task = self._loop_task = self._tls_task = None
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()

@@ -1,0 +1,482 @@
+"""Scheduler extender at cluster scale: filter/prioritize/bind latency, sustained pods/s and RSS.
+
+Run: `.venv/bin/python bench/scheduler_bench.py [--nodes 1000] [--gpus 8] [--pods 10000] [--binds 1000]`
+(prints figures; asserts nothing). The issue's targets: filter+prioritize p99 <= 5 ms, >= 500 pods/s,
+scheduler RSS <= 300 MB, at 1000 nodes x 8 GPUs with 10,000 running vGPU pods.
+
+How it runs, close to a real deployment: kube-local and the scheduler each run as their own process. The
+cluster is built as a kube-local state document first (nodes registered by a device plugin, running pods
+carrying the allocation annotations of an earlier bind, and the pending pods to schedule) and kube-local
+starts from it (this script re-run with `--serve-kube-local`: the state loaded into its store, nothing
+persisted afterwards), so no time goes into creating 10,000 objects one request at a time. The bench then
+plays kube-scheduler over HTTP:
+
+1. idle latency: `--samples` pods filtered (every node a candidate) then prioritized (the fitting nodes),
+   one after another, nothing else running;
+2. sustained: the `--binds` pending pods go through filter -> prioritize -> bind as kube-scheduler pipelines
+   them: one scheduling cycle (filter, prioritize) at a time, binds asynchronous (up to `--bind-concurrency`
+   at once). Each pod goes to the best-ranked node that has no bind of ours under way (the node policy is
+   spread, so pods spread over nodes and the node lock is not the limit); after a successful bind the bench
+   drops the node lock, standing in for the device plugin's Allocate.
+
+Every filter names all nodes as candidates (the worst case: kube-scheduler itself stops looking after
+`percentageOfNodesToScore` feasible nodes, about 420 of 1000 by default). Latencies are measured by the client
+(request sent to answer read, JSON included); next to them the scheduler's own mean per verb (from its
+duration histograms) and the CPU seconds each process used. RSS is the scheduler process's
+(`/proc/<pid>/status`: VmRSS after the caches listed, VmRSS and VmHWM at the end).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from services.common import wire
+from services.common.codecs import encode_node_devices, encode_pod_single_device
+from services.common.model import ContainerDevice, DeviceInfo
+from services.kubelocal.resources import NODES, PODS, default_status_on_create
+from services.kubelocal.server import KubeLocal
+from services.kubelocal.store import Store, now_timestamp
+from services.local.suite import ManagedProcess, console_script, free_port, http_ok, wait_until
+
+NS = "default"
+GPU_MEMORY = 81920
+SPLIT = 10
+NEW_POD_MEMORY = 4096
+NEW_POD_CORES = 10
+TARGET_P99_MS = 5.0
+TARGET_PODS_PER_S = 500.0
+TARGET_RSS_MB = 300.0
+
+
+def _limits(memory: int, cores: int) -> dict[str, str]:
+    return {
+        wire.RESOURCE_GPU: "1",
+        wire.RESOURCE_GPUMEM: str(memory),
+        wire.RESOURCE_GPUCORES: str(cores),
+    }
+
+
+def _node(name: str, gpus: int, handshake: str) -> dict[str, Any]:
+    devices = [
+        DeviceInfo(
+            id=f"GPU-{name}-{i}",
+            index=i,
+            count=SPLIT,
+            devmem=GPU_MEMORY,
+            devcore=100,
+            type="NVIDIA-A100-SXM4-80GB",
+            numa=i * 2 // gpus,
+            mode="hami-core",
+        )
+        for i in range(gpus)
+    ]
+    capacity = {"cpu": "64", "memory": "512Gi", "pods": "110", wire.RESOURCE_GPU: str(gpus * SPLIT)}
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "uid": str(uuid.uuid4()),
+            "creationTimestamp": now_timestamp(),
+            "labels": {"kubernetes.io/hostname": name, "gpu": "on"},
+            "annotations": {
+                wire.NODE_NVIDIA_REGISTER: encode_node_devices(devices),
+                # A handshake the leader already requested: no 1000-node handshake burst during the bench.
+                wire.NODE_HANDSHAKE: handshake,
+            },
+        },
+        "spec": {},
+        "status": {"capacity": capacity, "allocatable": dict(capacity)},
+    }
+
+
+def _pod(name: str, memory: int, cores: int, node: str | None, device: str | None) -> dict[str, Any]:
+    metadata: dict[str, Any] = {
+        "name": name,
+        "namespace": NS,
+        "uid": str(uuid.uuid4()),
+        "creationTimestamp": now_timestamp(),
+        "labels": {"app": "bench"},
+        "annotations": {},
+    }
+    spec: dict[str, Any] = {
+        "schedulerName": wire.SCHEDULER_NAME,
+        "containers": [{"name": "main", "image": "cuda:12", "resources": {"limits": _limits(memory, cores)}}],
+    }
+    status: dict[str, Any] = {"phase": "Pending"}
+    if node is not None and device is not None:
+        allocation = encode_pod_single_device([[ContainerDevice(device, wire.NVIDIA, memory, cores)]])
+        stamp = str(int(time.time()) - 3600)
+        metadata["labels"][wire.VGPU_NODE] = node
+        metadata["annotations"] = {
+            wire.VGPU_NODE: node,
+            wire.VGPU_TIME: stamp,
+            wire.VGPU_DEVICES_ALLOCATED: allocation,
+            wire.VGPU_DEVICES_TO_ALLOCATE: allocation,
+            wire.BIND_PHASE: wire.BindPhase.SUCCESS.value,
+            wire.BIND_TIME: stamp,
+        }
+        spec["nodeName"] = node
+        status = {"phase": "Running"}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec, "status": status}
+
+
+def build_state(args: argparse.Namespace) -> tuple[bytes, list[str], list[dict[str, Any]]]:
+    """The kube-local state file: nodes, running pods (already allocated), pending pods to schedule."""
+    store = Store()
+    names = [f"gpu-node-{i:04d}" for i in range(args.nodes)]
+    handshake = "Requesting_" + time.strftime("%Y-%m-%d %H:%M:%S")
+    for name in names:
+        node = _node(name, args.gpus, handshake)
+        default_status_on_create(NODES, node)
+        store.create(NODES, node)
+    for i in range(args.pods):
+        node = names[i % args.nodes]
+        gpu = (i // args.nodes) % args.gpus
+        memory = (2048, 4096, 6144, 8192)[i % 4]
+        cores = (10, 20, 30)[i % 3]
+        store.create(PODS, _pod(f"running-{i:05d}", memory, cores, node, f"GPU-{node}-{gpu}"))
+    pending = []
+    for i in range(args.binds + args.samples):
+        pod = _pod(f"pending-{i:05d}", NEW_POD_MEMORY, NEW_POD_CORES, None, None)
+        store.create(PODS, pod)
+        pending.append(pod)
+    return store.dump_state(), names, pending
+
+
+def _rss_mb(pid: int) -> tuple[float, float]:
+    """(VmRSS, VmHWM) of a process, in MB (10^6 bytes)."""
+    values = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(rest.split()[0]) * 1024 / 1e6
+    return values.get("VmRSS", 0.0), values.get("VmHWM", 0.0)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _percentile(values: list[float], pct: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered)) - 1))]
+
+
+def _line(name: str, values_ms: list[float]) -> str:
+    if not values_ms:
+        return f"{name:<34} (none)"
+    return (
+        f"{name:<34} p50 {_percentile(values_ms, 50):8.2f} ms   p99 {_percentile(values_ms, 99):8.2f} ms   "
+        f"mean {statistics.fmean(values_ms):8.2f} ms   n={len(values_ms)}"
+    )
+
+
+_VERBS = ("filter", "prioritize", "bind")
+
+
+async def server_times(
+    session: aiohttp.ClientSession, metrics: str
+) -> tuple[dict[str, tuple[float, int]], float]:
+    """The scheduler's own (sum seconds, count) per verb from /metrics, and how long the scrape took."""
+    started = time.perf_counter()
+    async with session.get(f"{metrics}/metrics") as resp:
+        text = await resp.text()
+    scrape = time.perf_counter() - started
+    found = {verb: [0.0, 0] for verb in _VERBS}
+    for line in text.splitlines():
+        for verb in _VERBS:
+            prefix = f"kube_vgpu_scheduler_{verb}_duration_seconds_"
+            if line.startswith(prefix + "sum"):
+                found[verb][0] += float(line.rsplit(" ", 1)[1])
+            elif line.startswith(prefix + "count"):
+                found[verb][1] += int(float(line.rsplit(" ", 1)[1]))
+    return {verb: (float(v[0]), int(v[1])) for verb, v in found.items()}, scrape
+
+
+def _server_means(before: dict[str, tuple[float, int]], after: dict[str, tuple[float, int]]) -> str:
+    parts = []
+    for verb in _VERBS:
+        total = after[verb][0] - before[verb][0]
+        count = after[verb][1] - before[verb][1]
+        if count:
+            parts.append(f"{verb} {total / count * 1000:.2f} ms")
+    return ", ".join(parts) or "(none)"
+
+
+class Client:
+    """kube-scheduler's side of the extender protocol, plus the Allocate stand-in (lock release)."""
+
+    def __init__(self, session: aiohttp.ClientSession, extender: str, kube: str, nodes: list[str]) -> None:
+        self.session = session
+        self.extender = extender
+        self.kube = kube
+        self.nodes = nodes
+        self.filter_ms: list[float] = []
+        self.prioritize_ms: list[float] = []
+        self.cycle_ms: list[float] = []
+        self.bind_ms: list[float] = []
+        self.bind_errors: dict[str, int] = {}
+        self.unschedulable = 0
+        self.server = ""  # the scheduler's own mean time per verb (its duration histograms)
+        self.scrape = 0.0
+
+    async def _post(self, verb: str, body: Any) -> tuple[Any, float]:
+        started = time.perf_counter()
+        async with self.session.post(f"{self.extender}/{verb}", json=body) as resp:
+            data = await resp.json()
+        return data, (time.perf_counter() - started) * 1000
+
+    async def cycle(self, pod: dict[str, Any], busy: set[str]) -> str | None:
+        """Filter over every node, prioritize the fitting ones; the chosen node (None: unschedulable)."""
+        started = time.perf_counter()
+        result, filter_ms = await self._post("filter", {"Pod": pod, "NodeNames": self.nodes})
+        self.filter_ms.append(filter_ms)
+        fitting = result.get("NodeNames") or []
+        if result.get("Error") or not fitting:
+            self.unschedulable += 1
+            return None
+        ranked, prioritize_ms = await self._post("prioritize", {"Pod": pod, "NodeNames": fitting})
+        self.prioritize_ms.append(prioritize_ms)
+        self.cycle_ms.append((time.perf_counter() - started) * 1000)
+        # kube-scheduler adds its own scores and picks the best; ties broken at random. Here: the best score
+        # among nodes without a bind of ours under way.
+        best = sorted(ranked, key=lambda h: -int(h["Score"]))
+        for host in best:
+            if host["Host"] not in busy:
+                return str(host["Host"])
+        return str(best[0]["Host"]) if best else None
+
+    async def bind(self, pod: dict[str, Any], node: str) -> bool:
+        meta = pod["metadata"]
+        body = {"PodName": meta["name"], "PodNamespace": NS, "PodUID": meta["uid"], "Node": node}
+        result, ms = await self._post("bind", body)
+        error = result.get("Error") or ""
+        if error:
+            key = error.split(":")[0][:80]
+            self.bind_errors[key] = self.bind_errors.get(key, 0) + 1
+            return False
+        self.bind_ms.append(ms)
+        # The device plugin's Allocate releases the node lock once the pod's devices are handed out.
+        patch = {"metadata": {"annotations": {wire.NODE_LOCK: None}}}
+        async with self.session.patch(
+            f"{self.kube}/api/v1/nodes/{node}",
+            data=json.dumps(patch),
+            headers={"Content-Type": "application/merge-patch+json"},
+        ) as resp:
+            await resp.read()
+        return True
+
+
+async def drive(
+    args: argparse.Namespace, extender: str, metrics: str, kube: str, nodes: list[str], pending: list[Any]
+) -> Any:
+    samples, to_bind = pending[: args.samples], pending[args.samples :]
+    connector = aiohttp.TCPConnector(limit=args.bind_concurrency + 4)
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=600)
+    ) as session:
+        idle = Client(session, extender, kube, nodes)
+        start_times, _ = await server_times(session, metrics)
+        for pod in samples:
+            await idle.cycle(pod, set())
+        idle_times, scrape = await server_times(session, metrics)
+        idle.server = _server_means(start_times, idle_times)
+        idle.scrape = scrape
+
+        load = Client(session, extender, kube, nodes)
+        busy: set[str] = set()
+        slots = asyncio.Semaphore(args.bind_concurrency)
+        tasks: set[asyncio.Task[None]] = set()
+        bound = 0
+
+        async def bind(pod: dict[str, Any], node: str) -> None:
+            nonlocal bound
+            try:
+                if await load.bind(pod, node):
+                    bound += 1
+            finally:
+                busy.discard(node)
+                slots.release()
+
+        started = time.perf_counter()
+        for pod in to_bind:
+            node = await load.cycle(pod, busy)
+            if node is None:
+                continue
+            await slots.acquire()
+            busy.add(node)
+            task = asyncio.create_task(bind(pod, node))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        if tasks:
+            await asyncio.wait(set(tasks))
+        elapsed = time.perf_counter() - started
+        load_times, _ = await server_times(session, metrics)
+        load.server = _server_means(idle_times, load_times)
+    return idle, load, bound, elapsed
+
+
+async def _serve_kube_local(state_file: str, port: int) -> None:
+    """kube-local serving a prepared state, without persistence (the bench's kube-local process)."""
+    import signal
+
+    store = Store(watch_queue_size=100_000)
+    store.load_state(Path(state_file).read_bytes())
+    server = KubeLocal(store)
+    await server.start("127.0.0.1", port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["--serve-kube-local"]:
+        asyncio.run(_serve_kube_local(argv[1], int(argv[2])))
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--nodes", type=int, default=1000)
+    parser.add_argument("--gpus", type=int, default=8, help="GPUs per node")
+    parser.add_argument("--pods", type=int, default=10000, help="running vGPU pods (pre-allocated)")
+    parser.add_argument(
+        "--binds", type=int, default=1000, help="pending pods scheduled in the sustained phase"
+    )
+    parser.add_argument("--samples", type=int, default=100, help="pods of the idle latency phase")
+    parser.add_argument("--bind-concurrency", type=int, default=16)
+    parser.add_argument("--no-events", action="store_true", help="scheduler emit_events: false")
+    parser.add_argument("--keep", action="store_true", help="keep the run directory (logs, state)")
+    args = parser.parse_args(argv)
+
+    run_dir = Path(tempfile.mkdtemp(prefix="kube-vgpu-scheduler-bench-"))
+    print(
+        f"sizes: {args.nodes} nodes x {args.gpus} GPUs (split {SPLIT}), {args.pods} running vGPU pods, "
+        f"{args.samples} idle-latency pods, {args.binds} pods bound under load "
+        f"(bind concurrency {args.bind_concurrency}, events {'off' if args.no_events else 'on'})",
+        flush=True,
+    )
+    t0 = time.perf_counter()
+    state, nodes, pending = build_state(args)
+    state_file = run_dir / "state.json"
+    state_file.write_bytes(state)
+    print(f"state: {len(state) / 1e6:.1f} MB of JSON built in {time.perf_counter() - t0:.1f} s", flush=True)
+    del state
+
+    processes: list[ManagedProcess] = []
+    try:
+        port = free_port()
+        kube_local = ManagedProcess(
+            "kube-local",
+            [sys.executable, str(Path(__file__).resolve()), "--serve-kube-local", str(state_file), str(port)],
+            run_dir / "kube-local.log",
+        )
+        processes.append(kube_local)
+        t0 = time.perf_counter()
+        kube_local.start()
+        kube = f"http://127.0.0.1:{port}"
+        wait_until("kube-local", lambda: http_ok(f"{kube}/readyz"), kube_local, timeout=120)
+        print(f"kube-local up in {time.perf_counter() - t0:.1f} s", flush=True)
+
+        extender_port, metrics_port = free_port(), free_port()
+        config = {
+            "http_bind": f"127.0.0.1:{extender_port}",
+            "grpc_bind": f"127.0.0.1:{free_port()}",
+            "metrics_bind_address": f"127.0.0.1:{metrics_port}",
+            "node_scheduler_policy": "spread",
+            "emit_events": not args.no_events,
+            "kube": {"server": kube},
+            "log": {"format": "json"},
+        }
+        config_path = run_dir / "scheduler.yaml"
+        config_path.write_text(yaml.safe_dump(config))
+        scheduler = ManagedProcess(
+            "scheduler",
+            [*console_script("kube-vgpu-scheduler", "services.scheduler"), "--config", str(config_path)],
+            run_dir / "scheduler.log",
+        )
+        processes.append(scheduler)
+        t0 = time.perf_counter()
+        scheduler.start()
+        extender = f"http://127.0.0.1:{extender_port}"
+        wait_until("scheduler", lambda: http_ok(f"{extender}/readyz"), scheduler, timeout=300)
+        assert scheduler.proc is not None
+        pid = scheduler.proc.pid
+        print(f"scheduler (pid {pid}) caches listed in {time.perf_counter() - t0:.1f} s", flush=True)
+        time.sleep(1.0)
+        rss_idle, _ = _rss_mb(pid)
+        assert kube_local.proc is not None
+        pids = {"scheduler": pid, "kube-local": kube_local.proc.pid, "bench client": os.getpid()}
+        cpu_before = {name: _cpu_seconds(p) for name, p in pids.items()}
+
+        metrics = f"http://127.0.0.1:{metrics_port}"
+        idle, load, bound, elapsed = asyncio.run(drive(args, extender, metrics, kube, nodes, pending))
+        cpu = {name: _cpu_seconds(p) - cpu_before[name] for name, p in pids.items()}
+        rss_end, rss_peak = _rss_mb(pid)
+        with urllib.request.urlopen(f"{extender}/readyz", timeout=5) as resp:
+            assert resp.status == 200
+    finally:
+        for process in reversed(processes):
+            process.stop()
+
+    print()
+    print(f"idle latency ({args.samples} pods, one at a time, {args.nodes} candidate nodes per filter):")
+    print("  " + _line("filter", idle.filter_ms))
+    print("  " + _line("prioritize", idle.prioritize_ms))
+    print("  " + _line("filter+prioritize", idle.cycle_ms))
+    print(f"  scheduler-side means: {idle.server}")
+    print(f"under load ({args.binds} pods, filter+prioritize serial, binds concurrent):")
+    print("  " + _line("filter", load.filter_ms))
+    print("  " + _line("prioritize", load.prioritize_ms))
+    print("  " + _line("filter+prioritize", load.cycle_ms))
+    print("  " + _line("bind (to answer)", load.bind_ms))
+    print(f"  scheduler-side means: {load.server}")
+    rate = bound / elapsed if elapsed > 0 else 0.0
+    print(f"  bound {bound}/{args.binds} in {elapsed:.1f} s = {rate:.1f} pods/s", end="")
+    print(f"; unschedulable {load.unschedulable}; bind errors {load.bind_errors or 'none'}")
+    print("CPU seconds used during both phases: " + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items()))
+    print(f"/metrics scrape: {idle.scrape * 1000:.0f} ms")
+    print(
+        f"scheduler RSS: {rss_idle:.0f} MB after listing, {rss_end:.0f} MB at the end, peak {rss_peak:.0f} MB"
+    )
+    p99 = _percentile(idle.cycle_ms, 99)
+    print(
+        f"targets: filter+prioritize p99 <= {TARGET_P99_MS:g} ms: {p99:.1f} ms "
+        f"({'met' if p99 <= TARGET_P99_MS else 'missed'}); >= {TARGET_PODS_PER_S:g} pods/s: {rate:.0f} "
+        f"({'met' if rate >= TARGET_PODS_PER_S else 'missed'}); RSS <= {TARGET_RSS_MB:g} MB: {rss_peak:.0f} "
+        f"({'met' if rss_peak <= TARGET_RSS_MB else 'missed'})"
+    )
+    if args.keep:
+        print(f"run directory kept: {run_dir}")
+    else:
+        import shutil
+
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
