@@ -1,24 +1,38 @@
-"""`kube-vgpu-monitor`: the per-node usage monitor.
+"""`kube-vgpu-monitor`: the per-node usage monitor (HAMi's vGPUmonitor, spec §6).
 
-Today it validates its config and serves gRPC health and reflection; metrics and MonitorService arrive
-with the monitor work item.
+Reads every container's shared region under `<hook_path>/containers/<podUID>_<container>/` (read-only
+mappings, validated before use), pairs them with this node's pods, serves HAMi's `hami_*` metrics on
+`metrics_bind_address` (`/metrics`) and MonitorService on `grpc_bind`, runs the priority feedback loop and
+removes cache dirs of pods that are gone once `stale_grace_seconds` have passed.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
-from services.common.entrypoint import run_service, serve_grpc_until_stopped
-from services.monitor.config import ENV_PREFIX, MonitorConfig
+from services.common.entrypoint import run_service, wait_for_shutdown
+from services.common.log import bind_context, get_logger
+from services.monitor.config import ENV_PREFIX, MonitorConfig, apply_hami_env
+from services.monitor.runtime import MonitorRuntime
 
 PROG = "kube-vgpu-monitor"
+log = get_logger(PROG)
 
 
 async def run(cfg: MonitorConfig) -> None:
-    await serve_grpc_until_stopped(PROG, cfg.grpc_bind)
+    bind_context(node=cfg.node_name)
+    runtime = MonitorRuntime(cfg)
+    await runtime.start()
+    try:
+        await wait_for_shutdown()
+    finally:
+        await runtime.stop()
+        log.info("stopped")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    apply_hami_env(os.environ)
     return run_service(
         MonitorConfig, run, prog=PROG, env_prefix=ENV_PREFIX, description=__doc__ or "", argv=argv
     )

@@ -1,9 +1,10 @@
 """`vgpuctl`: the operator's command line.
 
 `nodes`, `pods`, `explain` and `simulate` ask the scheduler's SchedulerService over gRPC (`--scheduler`,
-default `$VGPUCTL_SCHEDULER` or 127.0.0.1:9090); `inventory` reads the nodes' register annotations straight
-from the API server. Exit codes: 0 ok, 1 API or connection error (or, for explain/simulate, the pod fits
-nowhere), 2 usage or config error.
+default `$VGPUCTL_SCHEDULER` or 127.0.0.1:9090); `top` asks one node's MonitorService (`--monitor`, default
+`$VGPUCTL_MONITOR` or 127.0.0.1:9091); `inventory` reads the nodes' register annotations straight from the
+API server. Exit codes: 0 ok, 1 API or connection error (or, for explain/simulate, the pod fits nowhere),
+2 usage or config error.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,8 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
+from kubevgpu.monitor.v1 import monitor_service_pb2 as mon_pb
+from kubevgpu.monitor.v1 import monitor_service_pb2_grpc as mon_grpc
 from kubevgpu.scheduler.v1 import scheduler_service_pb2 as pb
 from kubevgpu.scheduler.v1 import scheduler_service_pb2_grpc as pb_grpc
 from services.common.inventory import INVENTORY_COLUMNS, format_table, inventory_rows
@@ -30,6 +34,7 @@ from services.common.kube import KubeAccess, KubeAccessError, list_raw, new_api_
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_SCHEDULER = "127.0.0.1:9090"
+DEFAULT_MONITOR = "127.0.0.1:9091"
 RPC_TIMEOUT_SECONDS = 15.0
 
 
@@ -183,12 +188,109 @@ def cmd_simulate(stub: pb_grpc.SchedulerServiceStub, args: argparse.Namespace) -
     return EXIT_OK if reply.fits else EXIT_FAILED
 
 
+TOP_COLUMNS = [
+    "namespace",
+    "pod",
+    "container",
+    "gpu",
+    "memory",
+    "mem%",
+    "core%",
+    "core_limit",
+    "last_kernel",
+    "uuid",
+]
+
+
+def _mib(value: int) -> str:
+    return f"{value / (1024 * 1024):.0f}MiB"
+
+
+def _ago(unix_seconds: int, now: float) -> str:
+    if unix_seconds <= 0:
+        return "-"
+    seconds = max(0, int(now - unix_seconds))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h"
+
+
+def top_rows(containers: Sequence[Any], now: float) -> list[dict[str, str]]:
+    rows = []
+    for c in containers:
+        pod = c.pod_name or f"<uid {c.pod_uid}>"
+        for d in c.devices or [None]:
+            if d is None:
+                rows.append({"namespace": c.namespace or "-", "pod": pod, "container": c.container_name})
+                continue
+            limit = d.memory_limit_bytes
+            rows.append(
+                {
+                    "namespace": c.namespace or "-",
+                    "pod": pod,
+                    "container": c.container_name,
+                    "gpu": str(d.index),
+                    "memory": f"{_mib(d.memory_used_bytes)}/{_mib(limit) if limit else '-'}",
+                    "mem%": _pct(d.memory_used_bytes, limit),
+                    "core%": f"{d.core_used_percent}%",
+                    "core_limit": f"{d.core_limit_percent}%" if d.core_limit_percent else "-",
+                    "last_kernel": _ago(c.last_kernel_time_unix_seconds, now),
+                    "uuid": d.uuid,
+                }
+            )
+    return rows
+
+
+def _top_header(node: str, timestamp_ms: int, containers: int) -> str:
+    when = time.strftime("%H:%M:%S", time.localtime(timestamp_ms / 1000)) if timestamp_ms else "-"
+    return f"node {node or '?'}  {containers} GPU container(s)  {when}"
+
+
+def cmd_top(stub: mon_grpc.MonitorServiceStub, args: argparse.Namespace) -> int:
+    if args.interval <= 0:
+        raise UsageError("--interval must be positive")
+    if args.once:
+        reply = stub.ListContainerUsage(
+            mon_pb.ListContainerUsageRequest(namespace=args.namespace or "", pod_name=args.pod or ""),
+            timeout=RPC_TIMEOUT_SECONDS,
+        )
+        if args.output == "table":
+            print(_top_header(reply.node_name, int(time.time() * 1000), len(reply.containers)))
+        _emit(top_rows(reply.containers, time.time()), args.output, TOP_COLUMNS, raw=_as_dict(reply))
+        return EXIT_OK
+    stream = stub.WatchContainerUsage(
+        mon_pb.WatchContainerUsageRequest(
+            interval_ms=int(args.interval * 1000), namespace=args.namespace or "", pod_name=args.pod or ""
+        )
+    )
+    clear = sys.stdout.isatty()
+    try:
+        for snapshot in stream:
+            if clear:
+                print("\x1b[H\x1b[2J", end="")
+            if args.output == "table":
+                print(_top_header(snapshot.node_name, snapshot.timestamp_unix_ms, len(snapshot.containers)))
+            rows = top_rows(snapshot.containers, time.time())
+            _emit(rows, args.output, TOP_COLUMNS, raw=_as_dict(snapshot))
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        stream.cancel()
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vgpuctl", description="Inspect kube-vgpu GPU sharing.")
     parser.add_argument(
         "--scheduler",
         default=os.environ.get("VGPUCTL_SCHEDULER", DEFAULT_SCHEDULER),
         help="SchedulerService address, host:port or unix:PATH (default $VGPUCTL_SCHEDULER or %(default)s)",
+    )
+    parser.add_argument(
+        "--monitor",
+        default=os.environ.get("VGPUCTL_MONITOR", DEFAULT_MONITOR),
+        help="a node's MonitorService address, for `top` (default $VGPUCTL_MONITOR or %(default)s)",
     )
     parser.add_argument(
         "--server", help="API server URL without auth, for `inventory` (e.g. the kube-local URL)"
@@ -222,7 +324,22 @@ def build_parser() -> argparse.ArgumentParser:
     p_sim.add_argument("-f", "--filename", required=True, help="pod YAML/JSON file, or - for stdin")
     p_sim.add_argument("--node", action="append", help="only consider this node (repeatable)")
     p_sim.set_defaults(func=cmd_simulate, grpc=True)
+
+    p_top = sub.add_parser("top", help="live GPU usage of every container on one node (its monitor)")
+    p_top.add_argument("--once", action="store_true", help="print one table and exit (for scripts)")
+    p_top.add_argument(
+        "--interval", type=float, default=2.0, help="seconds between refreshes (default %(default)s)"
+    )
+    p_top.add_argument("-n", "--namespace", help="only containers of pods in this namespace")
+    p_top.add_argument("--pod", help="only containers of this pod")
+    p_top.set_defaults(func=cmd_top, grpc=False)
     return parser
+
+
+def _call_monitor(args: argparse.Namespace) -> int:
+    func: Callable[[mon_grpc.MonitorServiceStub, argparse.Namespace], int] = args.func
+    with grpc.insecure_channel(args.monitor) as channel:
+        return func(mon_grpc.MonitorServiceStub(channel), args)
 
 
 def _call_scheduler(args: argparse.Namespace) -> int:
@@ -234,6 +351,8 @@ def _call_scheduler(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.func is cmd_top:
+            return _call_monitor(args)
         if args.grpc:
             return _call_scheduler(args)
         code: int = args.func(args)
@@ -245,7 +364,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         status = exc.code() if isinstance(exc, grpc.Call) else None
         details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
         if status == grpc.StatusCode.UNAVAILABLE:
-            print(f"vgpuctl: cannot reach the scheduler at {args.scheduler}: {details}", file=sys.stderr)
+            what, where = ("monitor", args.monitor) if args.func is cmd_top else ("scheduler", args.scheduler)
+            print(f"vgpuctl: cannot reach the {what} at {where}: {details}", file=sys.stderr)
         else:
             print(f"vgpuctl: {status.name if status else 'error'}: {details}", file=sys.stderr)
         return EXIT_USAGE if status == grpc.StatusCode.INVALID_ARGUMENT else EXIT_FAILED

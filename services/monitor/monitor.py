@@ -1,0 +1,325 @@
+"""The monitor's state: regions joined with the pods of this node, stale-dir cleanup and the feedback loop.
+
+`Monitor.snapshot()` reads every mapped region and pairs it with its pod. A container of a live pod is
+reported as soon as the pod carries its allocation (`hami.io/vgpu-devices-allocated`, slot order), with
+its limits and zero usage, before its first CUDA call (HAMi#1814); once its region appears, the region's
+values (what libvgpu enforces) take over. Devices are matched by UUID: a region lists devices in the
+container's CUDA order, which need not be the annotation's order.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.common.log import get_logger
+from services.monitor.codec import (
+    RECENT_KERNEL,
+    UTILIZATION_SWITCH,
+    DeviceReading,
+    RegionReading,
+)
+from services.monitor.feedback import FeedbackInput, feedback_pass
+from services.monitor.podresources import PodResourcesSource
+from services.monitor.pods import PodContainer, PodIndex, PodInfo
+from services.monitor.regions import DirInfo, RegionStore
+
+log = get_logger("monitor")
+
+MIB = 1024 * 1024
+# A UUID slot of the region holds a NUL-terminated string; HAMi compares its first 40 characters.
+UUID_LEN = 40
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceView:
+    vindex: int  # index inside the container (HAMi's vdevice_index)
+    uuid: str
+    host_index: str  # index on the host ("" when unknown)
+    memory_used_bytes: int
+    memory_limit_bytes: int
+    context_bytes: int
+    module_bytes: int
+    buffer_bytes: int
+    core_used_percent: int
+    core_limit_percent: int  # 0 = not limited
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerView:
+    pod_uid: str
+    namespace: str
+    pod: str
+    container: str
+    devices: tuple[DeviceView, ...]
+    has_region: bool
+    last_kernel_time: int = 0  # Unix seconds, 0 = never
+    priority: int | None = None
+    attributed: bool = True  # False: a region whose pod is not known (yet)
+
+    @property
+    def key(self) -> str:
+        return f"{self.pod_uid}_{self.container}"
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    node: str
+    taken_at: float
+    containers: tuple[ContainerView, ...]
+
+
+@dataclass(slots=True)
+class MonitorStats:
+    stale_removed: int = 0
+    feedback_writes: int = 0
+    feedback_passes: int = 0
+    scans: int = 0
+
+
+def _short_uuid(uuid: str) -> str:
+    return uuid[:UUID_LEN]
+
+
+def _merge_devices(
+    container: PodContainer | None,
+    region: RegionReading | None,
+    kubelet_uuids: tuple[str, ...],
+    host_index: dict[str, int],
+) -> tuple[DeviceView, ...]:
+    """Annotation devices (limits known from allocation) merged with region devices (usage), by UUID."""
+    allocated = list(container.devices) if container is not None else []
+    by_uuid: dict[str, DeviceReading] = {}
+    if region is not None:
+        for device in region.devices:
+            by_uuid.setdefault(_short_uuid(device.uuid), device)
+    views: list[DeviceView] = []
+    seen: set[str] = set()
+
+    def index_of(uuid: str) -> str:
+        idx = host_index.get(uuid)
+        return "" if idx is None else str(idx)
+
+    def from_region(device: DeviceReading, mem_limit: int) -> DeviceView:
+        # The region holds what libvgpu enforces: its SM limit wins (0 or >= 100: not limited); a memory
+        # limit of 0 there means none was set, so the allocation's is reported.
+        uuid = _short_uuid(device.uuid)
+        return DeviceView(
+            vindex=device.index,
+            uuid=uuid,
+            host_index=index_of(uuid),
+            memory_used_bytes=device.used_bytes,
+            memory_limit_bytes=device.limit_bytes or mem_limit,
+            context_bytes=device.context_bytes,
+            module_bytes=device.module_bytes,
+            buffer_bytes=device.buffer_bytes,
+            core_used_percent=device.sm_util,
+            core_limit_percent=device.sm_limit if 0 < device.sm_limit < 100 else 0,
+        )
+
+    for position, alloc in enumerate(allocated):
+        uuid = _short_uuid(alloc.uuid)
+        if uuid in seen:
+            continue
+        seen.add(uuid)
+        mem_limit = alloc.usedmem * MIB
+        core_limit = alloc.usedcores if 0 < alloc.usedcores < 100 else 0
+        reading = by_uuid.get(uuid)
+        if reading is not None:
+            views.append(from_region(reading, mem_limit))
+        else:
+            views.append(
+                DeviceView(
+                    vindex=position,
+                    uuid=uuid,
+                    host_index=index_of(uuid),
+                    memory_used_bytes=0,
+                    memory_limit_bytes=mem_limit,
+                    context_bytes=0,
+                    module_bytes=0,
+                    buffer_bytes=0,
+                    core_used_percent=0,
+                    core_limit_percent=core_limit,
+                )
+            )
+    if not allocated:
+        for position, uuid in enumerate(kubelet_uuids):
+            short = _short_uuid(uuid)
+            if short in seen or short in by_uuid:
+                continue
+            seen.add(short)
+            views.append(DeviceView(position, short, index_of(short), 0, 0, 0, 0, 0, 0, 0))
+    if region is not None:
+        for device in region.devices:
+            uuid = _short_uuid(device.uuid)
+            if uuid in seen:
+                continue
+            seen.add(uuid)
+            views.append(from_region(device, 0))
+    views.sort(key=lambda v: v.vindex)
+    return tuple(views)
+
+
+def build_view(
+    pod: PodInfo | None,
+    dir_info: DirInfo | None,
+    container_name: str,
+    region: RegionReading | None,
+    kubelet_uuids: tuple[str, ...],
+    host_index: dict[str, int],
+) -> ContainerView:
+    spec = pod.container(container_name) if pod is not None else None
+    return ContainerView(
+        pod_uid=pod.uid if pod is not None else (dir_info.pod_uid if dir_info else ""),
+        namespace=pod.namespace if pod is not None else "",
+        pod=pod.name if pod is not None else "",
+        container=container_name,
+        devices=_merge_devices(spec, region, kubelet_uuids, host_index),
+        has_region=region is not None,
+        last_kernel_time=region.last_kernel_time if region is not None else 0,
+        priority=region.priority if region is not None else None,
+        attributed=pod is not None,
+    )
+
+
+class Monitor:
+    def __init__(
+        self,
+        node_name: str,
+        store: RegionStore,
+        pods: PodIndex,
+        *,
+        podresources: PodResourcesSource | None = None,
+        stale_grace_seconds: float = 300.0,
+        mig_apply_lock_file: str | None = None,
+        host_index: Callable[[], dict[str, int]] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.node_name = node_name
+        self.store = store
+        self.pods = pods
+        self.podresources = podresources
+        self.stale_grace_seconds = stale_grace_seconds
+        self.mig_apply_lock_file = mig_apply_lock_file
+        self._host_index = host_index
+        self.clock = clock
+        self.stats = MonitorStats()
+        self._lock = threading.Lock()  # one scan / feedback pass at a time
+        self._mig_paused = False
+
+    # --- scan ------------------------------------------------------------------------------------------
+
+    def scan(self) -> None:
+        """List the container dirs (mapping new caches, unmapping gone ones), then remove stale dirs."""
+        with self._lock:
+            if self.podresources is not None:
+                self.podresources.refresh()
+            self.store.scan()
+            self.remove_stale_dirs()
+            self.stats.scans += 1
+
+    def remove_stale_dirs(self) -> list[str]:
+        """Dirs whose pod UID is unknown to a synced pod source and whose mtime is older than the grace."""
+        if not self.pods.has_source or not self.pods.synced:
+            return []  # an empty or partial pod list must never look like "every pod is gone"
+        now = self.clock()
+        removed: list[str] = []
+        for info in self.store.dirs():
+            if info.pod_uid in self.pods:
+                continue
+            try:
+                mtime = os.lstat(info.path).st_mtime
+            except OSError:
+                continue
+            if now - mtime < self.stale_grace_seconds:
+                continue
+            if info.pod_uid in self.pods:  # the pod appeared while we looked
+                continue
+            if self.store.remove_dir(info.name):
+                removed.append(info.name)
+                self.stats.stale_removed += 1
+                log.info("stale_dir_removed", dir=info.name, age_s=round(now - mtime))
+        return removed
+
+    # --- snapshot --------------------------------------------------------------------------------------
+
+    def host_index(self) -> dict[str, int]:
+        if self._host_index is not None:
+            return self._host_index()
+        return {uuid: gpu.index for uuid, gpu in self.pods.registered().items()}
+
+    def snapshot(self) -> Snapshot:
+        readings = list(self.store.read_all())
+        pods = self.pods.pods()
+        host_index = self.host_index()
+        by_dir: dict[tuple[str, str], tuple[DirInfo, RegionReading | None]] = {
+            (info.pod_uid, info.container): (info, reading) for info, reading in readings
+        }
+        views: list[ContainerView] = []
+        for uid, pod in pods.items():
+            if pod.terminal:
+                continue
+            for spec in pod.containers:
+                if not spec.reported:
+                    continue
+                dir_info, region = by_dir.pop((uid, spec.name), (None, None))
+                kubelet = (
+                    self.podresources.devices(pod.namespace, pod.name, spec.name)
+                    if self.podresources is not None
+                    else ()
+                )
+                if not spec.devices and region is None and not kubelet:
+                    continue
+                views.append(build_view(pod, dir_info, spec.name, region, kubelet, host_index))
+        for (uid, container), (dir_info, region) in by_dir.items():
+            if region is None or uid in pods:
+                continue  # no cache yet, or a finished init container / a terminal pod
+            views.append(build_view(None, dir_info, container, region, (), host_index))
+        views.sort(key=lambda v: (not v.attributed, v.namespace, v.pod, v.container, v.pod_uid))
+        return Snapshot(node=self.node_name, taken_at=self.clock(), containers=tuple(views))
+
+    # --- feedback --------------------------------------------------------------------------------------
+
+    def feedback(self) -> int:
+        """One pass of the priority feedback loop over the regions of known pods; returns fields written."""
+        with self._lock:
+            if self.mig_apply_lock_file and Path(self.mig_apply_lock_file).exists():
+                if not self._mig_paused:
+                    log.info("feedback_paused", lock_file=self.mig_apply_lock_file)
+                self._mig_paused = True
+                return 0
+            if self._mig_paused:
+                log.info("feedback_resumed")
+                self._mig_paused = False
+            inputs: list[FeedbackInput] = []
+            for info, reading in self.store.read_all():
+                if reading is None or info.pod_uid not in self.pods:
+                    continue
+                uuids = tuple(_short_uuid(d.uuid) for d in reading.devices if d.uuid and d.uuid[0] != "\0")
+                inputs.append(
+                    FeedbackInput(
+                        key=info.name,
+                        uuids=uuids,
+                        priority=reading.priority,
+                        recent_kernel=reading.recent_kernel,
+                        utilization_switch=reading.utilization_switch,
+                    )
+                )
+            written = 0
+            for write in feedback_pass(inputs):
+                name = str(write.key)
+                if write.recent_kernel is not None and self.store.write_int32(
+                    name, RECENT_KERNEL, write.recent_kernel
+                ):
+                    written += 1
+                if write.utilization_switch is not None and self.store.write_int32(
+                    name, UTILIZATION_SWITCH, write.utilization_switch
+                ):
+                    written += 1
+            self.stats.feedback_passes += 1
+            self.stats.feedback_writes += written
+            return written
