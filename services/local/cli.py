@@ -29,7 +29,7 @@ from services.common.kube import KubeAccess, list_raw, new_api_client
 from services.common.log import LogConfig, configure_logging, get_logger
 from services.local import kube_scheduler, kubelet
 from services.local.cluster import LocalCluster, load_cluster, node_object
-from services.local.demo import DemoError, load_demo_pods, run_demo
+from services.local.demo import DemoError, load_demo_pods, monitor_summary, run_demo
 from services.local.suite import Suite, SuiteError
 
 SYSTEM_NAMESPACE = "kube-vgpu-system"
@@ -98,17 +98,21 @@ def up(args: argparse.Namespace) -> int:
                 suite.start_control_plane()
                 suite.start_nodes(Path(args.cluster).resolve(), [n.name for n in cluster.nodes if n.gpus])
                 print(
-                    f"\ncontrol plane up (logs in {run_dir / 'logs'}): webhook, scheduler extender on "
-                    f"127.0.0.1:{suite.extender_port}, kube-scheduler stand-in\n"
+                    f"\nsuite up (logs in {run_dir / 'logs'}): webhook, scheduler extender on "
+                    f"127.0.0.1:{suite.extender_port}, kube-scheduler stand-in; per GPU node a device plugin,"
+                    f" a kubelet stand-in and a monitor\n"
                     f"  vgpuctl --scheduler {suite.scheduler_grpc} nodes",
                     flush=True,
                 )
+                for node, (metrics, monitor) in sorted(suite.monitors.items()):
+                    print(f"  {node}: {metrics}   vgpuctl --monitor {monitor} top", flush=True)
             if demo_pods:
-                print(
-                    "\n"
-                    + run_demo(api, demo_pods, timeout=args.demo_timeout, expect_running=not args.api_only),
-                    flush=True,
+                table, running = run_demo(
+                    api, demo_pods, timeout=args.demo_timeout, expect_running=not args.api_only
                 )
+                print("\n" + table, flush=True)
+                if suite.monitors:
+                    print("\n" + monitor_summary(suite.monitors, running, timeout=20.0), flush=True)
         if not args.once:
             print("\nlocal mode is up; Ctrl-C stops it", flush=True)
             asyncio.run(_serve_until_stopped(suite))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from prometheus_client.parser import text_string_to_metric_families
 
 from services.common import wire
 from services.common.codecs import WireFormatError, decode_pod_single_device
@@ -98,7 +100,8 @@ def _done(pod: Mapping[str, Any], expect_running: bool) -> bool:
 
 def run_demo(
     api: client.ApiClient, pods: list[dict[str, Any]], *, timeout: float, expect_running: bool
-) -> str:
+) -> tuple[str, set[str]]:
+    """Creates the pods, waits for each to settle, and returns the report table and the Running pods."""
     core = client.CoreV1Api(api)
     rows: dict[str, dict[str, str]] = {}
     waiting: list[tuple[str, str]] = []
@@ -148,4 +151,39 @@ def run_demo(
             "detail": detail,
         }
     ordered = [rows[p["metadata"]["name"]] for p in pods]
-    return format_table(ordered, DEMO_COLUMNS)
+    running = {r["pod"] for r in ordered if r["result"] == "Running"}
+    return format_table(ordered, DEMO_COLUMNS), running
+
+
+def _limit_series(metrics_url: str) -> set[tuple[str, str, str]]:
+    """(pod, container, device_uuid) of every `hami_vgpu_memory_limit_bytes` series a monitor serves."""
+    with urllib.request.urlopen(metrics_url, timeout=5) as resp:
+        text = resp.read().decode()
+    return {
+        (s.labels.get("pod", ""), s.labels.get("container", ""), s.labels.get("device_uuid", ""))
+        for family in text_string_to_metric_families(text)
+        if family.name == "hami_vgpu_memory_limit_bytes"
+        for s in family.samples
+    }
+
+
+def monitor_summary(monitors: Mapping[str, tuple[str, str]], running_pods: set[str], timeout: float) -> str:
+    """What each node's monitor shows for the demo pods: the limit series appear once a container has its
+    allocation, before any CUDA call (HAMi#1814). Waits for every running pod to show up, up to `timeout`."""
+    deadline = time.monotonic() + timeout
+    seen: dict[str, set[tuple[str, str, str]]] = {}
+    while True:
+        for node, (metrics_url, _) in monitors.items():
+            try:
+                seen[node] = _limit_series(metrics_url)
+            except OSError:
+                seen[node] = set()
+        pods_seen = {pod for series in seen.values() for pod, _, _ in series}
+        if running_pods <= pods_seen or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    lines = ["monitor: hami_vgpu_memory_limit_bytes series per node"]
+    for node in sorted(seen):
+        containers = sorted({f"{pod}/{container}" for pod, container, _ in seen[node]})
+        lines.append(f"  {node}: {len(seen[node])} series ({', '.join(containers) or 'none'})")
+    return "\n".join(lines)

@@ -122,6 +122,8 @@ class Suite:
     url: str = ""
     extender_port: int = 0
     scheduler_grpc: str = ""
+    # node -> (metrics URL, MonitorService address)
+    monitors: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def _process(self, name: str, argv: list[str]) -> ManagedProcess:
         process = ManagedProcess(name, argv, self.run_dir / "logs" / f"{name}.log")
@@ -261,6 +263,29 @@ class Suite:
                 ],
             )
             plugin.start()
+            metrics_port, grpc_port = free_port(self.host), free_port(self.host)
+            monitor = self._process(
+                f"monitor-{node}",
+                [
+                    *console_script("kube-vgpu-monitor", "services.monitor"),
+                    "--node-name",
+                    node,
+                    "--hook-path",
+                    str(node_dir / "hook" / "vgpu"),
+                    "--metrics-bind-address",
+                    f"{self.host}:{metrics_port}",
+                    "--grpc-bind",
+                    f"{self.host}:{grpc_port}",
+                    "--host-gpus",
+                    "none",
+                    "--set",
+                    f"kube.server={self.url}",
+                    "--set",
+                    "log.format=json",
+                ],
+            )
+            monitor.start()
+            self.monitors[node] = (f"http://{self.host}:{metrics_port}/metrics", f"{self.host}:{grpc_port}")
         for node in node_names:
             sock = self.run_dir / "nodes" / node / "kubelet.sock"
             wait_until(f"kubelet stand-in of {node}", sock.exists, self._by_name(f"kubelet-{node}"))

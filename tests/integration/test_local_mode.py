@@ -106,5 +106,14 @@ def test_make_run_demo_takes_pods_through_the_whole_path(tmp_path: Path) -> None
     assert "Running" in rows["infer-pct"] and "MEMORY_LIMIT_0=3840m" in rows["infer-pct"]
     assert "Pending" in rows["wants-v100"] and "CardTypeMismatch" in rows["wants-v100"]
     assert "Rejected" in rows["too-big"] and "largest registered GPU has 81920 MiB" in rows["too-big"]
+    # Each node's monitor serves the limit series of its running containers before any CUDA call.
+    assert "gpu-node-a: 3 series (infer-pct/server, train-small/trainer, with-sidecar/model)" in result.stdout
+    assert "gpu-node-b: 2 series (two-gpus/worker)" in result.stdout
     logs = tmp_path / "run" / "logs"
-    assert {p.name for p in logs.iterdir()} >= {"kube-local.log", "webhook.log", "scheduler.log"}
+    assert {p.name for p in logs.iterdir()} >= {
+        "kube-local.log",
+        "webhook.log",
+        "scheduler.log",
+        "device-plugin-gpu-node-a.log",
+        "monitor-gpu-node-a.log",
+    }
