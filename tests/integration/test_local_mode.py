@@ -24,6 +24,7 @@ def _up_once(state: Path) -> subprocess.CompletedProcess[str]:
         str(BIN / "kube-vgpu-local"),
         "up",
         "--once",
+        "--api-only",
         "--port",
         "0",
         "--state-dir",
