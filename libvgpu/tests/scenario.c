@@ -495,7 +495,9 @@ static int cmd_launch_cost(int argc, char **argv) {
 
 /* ------------------------------------------------------------------ region round trip */
 
-/* region: allocates given MiB on device 0 and 1, then waits for a line on stdin before freeing. */
+/* region: allocates given MiB on device 0 and 1, then waits for a line on stdin before freeing; after "freed"
+ * it stays alive (its slot registered) until stdin reaches EOF, so the caller can read the region while the
+ * process still runs. */
 static int cmd_region(int argc, char **argv) {
     uint64_t m0 = argc > 0 ? strtoull(argv[0], NULL, 10) : 1;
     uint64_t m1 = argc > 1 ? strtoull(argv[1], NULL, 10) : 1;
@@ -515,6 +517,8 @@ static int cmd_region(int argc, char **argv) {
     OK(cuMemFree_v2(p0));
     printf("freed\n");
     fflush(stdout);
+    while (fgets(line, sizeof(line), stdin) != NULL) {
+    } /* exit (and give up the slot) only once the caller closes stdin */
     return 0;
 }
 
