@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,6 +28,26 @@ class ConfigModel(BaseModel):
     """Base for every config section: unknown keys are errors, not silently ignored typos."""
 
     model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True)
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """`host:port`, `[v6]:port` or `:port` -> (host, port); host "" means every interface."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ValueError(f"{address!r} is not host:port (e.g. 127.0.0.1:8080, :9394 or [::]:8443)")
+    port = int(port_text)
+    if port > 65535:
+        raise ValueError(f"port {port} of {address!r} is out of range")
+    return host.removeprefix("[").removesuffix("]"), port
+
+
+def apply_env_aliases(environ: MutableMapping[str, str], aliases: Mapping[str, str], env_prefix: str) -> None:
+    """Let a foreign env name (HAMi's DaemonSet sets NODE_NAME, HOOK_PATH) configure a key, unless our own
+    `<PREFIX><KEY>` is set too."""
+    for foreign, key in aliases.items():
+        ours = env_prefix + key.upper()
+        if foreign in environ and ours not in environ:
+            environ[ours] = environ[foreign]
 
 
 def _flag_name(field: str) -> str:

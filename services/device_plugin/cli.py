@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Mapping, Sequence
 
-from services.common.config import ConfigError
+from services.common.config import ConfigError, apply_env_aliases
 from services.common.device_config import load_device_config
 from services.common.entrypoint import EXIT_CONFIG_ERROR, run_service, wait_for_shutdown
 from services.common.grpc_server import GrpcServerHandle, build_server
@@ -28,14 +28,6 @@ from services.device_plugin.settings import PluginSettings, effective_settings, 
 
 PROG = "kube-vgpu-device-plugin"
 log = get_logger(PROG)
-
-
-def apply_hami_env(environ: MutableMapping[str, str]) -> None:
-    """Let HAMi's DaemonSet env (NODE_NAME, HOOK_PATH) configure us unless our own env name is set."""
-    for hami_name, key in HAMI_ENV_ALIASES.items():
-        ours = ENV_PREFIX + key.upper()
-        if hami_name in environ and ours not in environ:
-            environ[ours] = environ[hami_name]
 
 
 def load_settings(cfg: DevicePluginConfig) -> PluginSettings:
@@ -131,7 +123,7 @@ async def run(cfg: DevicePluginConfig) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    apply_hami_env(os.environ)
+    apply_env_aliases(os.environ, HAMI_ENV_ALIASES, ENV_PREFIX)
     return run_service(
         DevicePluginConfig, run, prog=PROG, env_prefix=ENV_PREFIX, description=__doc__ or "", argv=argv
     )

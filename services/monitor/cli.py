@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+from services.common.config import apply_env_aliases
 from services.common.entrypoint import run_service, wait_for_shutdown
 from services.common.log import bind_context, get_logger
-from services.monitor.config import ENV_PREFIX, MonitorConfig, apply_hami_env
+from services.monitor.config import ENV_PREFIX, HAMI_ENV_ALIASES, MonitorConfig
 from services.monitor.runtime import MonitorRuntime
 
 PROG = "kube-vgpu-monitor"
@@ -32,7 +33,7 @@ async def run(cfg: MonitorConfig) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    apply_hami_env(os.environ)
+    apply_env_aliases(os.environ, HAMI_ENV_ALIASES, ENV_PREFIX)
     return run_service(
         MonitorConfig, run, prog=PROG, env_prefix=ENV_PREFIX, description=__doc__ or "", argv=argv
     )

@@ -9,13 +9,12 @@ caches are under `<HOOK_PATH>/containers`).
 from __future__ import annotations
 
 import socket
-from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator
 
-from services.common.config import ConfigModel
+from services.common.config import ConfigModel, split_host_port
 from services.common.kube import KubeAccess
 from services.common.log import LogConfig
 
@@ -27,22 +26,6 @@ HAMI_ENV_ALIASES: dict[str, str] = {"NODE_NAME": "node_name", "HOOK_PATH": "hook
 # HAMi's dynamic-MIG apply lock: while it exists the feedback loop leaves the regions alone (spec §6.4).
 DEFAULT_MIG_APPLY_LOCK = "/tmp/hami/hami-mig-apply.lock"
 DEFAULT_PODRESOURCES_SOCKET = "/var/lib/kubelet/pod-resources/kubelet.sock"
-
-
-def split_host_port(address: str) -> tuple[str, int]:
-    """`host:port`, `:port` (every interface) or `[v6]:port` -> (host, port); host "" means all interfaces."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"{address!r} is not host:port (e.g. 127.0.0.1:9394 or :9394)")
-    return host.strip("[]"), int(port)
-
-
-def apply_hami_env(environ: MutableMapping[str, str]) -> None:
-    """Let HAMi's monitor env (NODE_NAME, HOOK_PATH) configure us unless our own env name is set."""
-    for hami_name, key in HAMI_ENV_ALIASES.items():
-        ours = ENV_PREFIX + key.upper()
-        if hami_name in environ and ours not in environ:
-            environ[ours] = environ[hami_name]
 
 
 class MonitorConfig(ConfigModel):

@@ -37,13 +37,10 @@ containers, the direct one a fraction of that, and tests check both give the sam
 from __future__ import annotations
 
 import asyncio
-import platform
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from typing import Final
 
 from aiohttp import web
@@ -51,6 +48,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from services.common.metrics import build_info_labels
 from services.monitor.hostgpu import HostGpuStat
 from services.monitor.monitor import Snapshot
 
@@ -79,24 +77,6 @@ CONTAINER_LABELS: Final = (
     "device_uuid",
 )
 HOST_LABELS: Final = ("zone", "node", "device_index", "device_uuid", "device_type")
-
-
-def build_info_labels() -> dict[str, str]:
-    try:
-        version = metadata.version("kube-vgpu")
-    except metadata.PackageNotFoundError:
-        version = "0.0.0"
-    machine = platform.machine().lower()
-    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
-    return {
-        "version": version,
-        "revision": "",
-        "build_date": "",
-        # HAMi reports the Go toolchain here; ours is the Python runtime.
-        "go_version": f"python{platform.python_version()}",
-        "compiler": sys.implementation.name,
-        "platform": f"{sys.platform}/{arch}",
-    }
 
 
 def _escape_label(value: str) -> str:

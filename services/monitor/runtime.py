@@ -15,12 +15,13 @@ from typing import Any
 from aiohttp import web
 from kubernetes import client
 
+from services.common.config import split_host_port
 from services.common.grpc_server import GrpcServerHandle, build_server
 from services.common.kube import KubeAccessError, describe_access, new_api_client
 from services.common.log import get_logger
 from services.common.reflector import Reflector
 from services.monitor.codec import KNOWN_REASONS
-from services.monitor.config import MonitorConfig, split_host_port
+from services.monitor.config import MonitorConfig
 from services.monitor.hostgpu import HostGpus, HostGpuStat, open_host_gpus
 from services.monitor.metrics import ErrorCounts, MonitorCounters, MonitorMetrics, metrics_app
 from services.monitor.monitor import Monitor

@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from services.common import wire
-from services.common.config import ConfigModel
+from services.common.config import ConfigModel, split_host_port
 from services.common.kube import KubeAccess
 from services.common.log import LogConfig
 from services.common.selectors import parse_label_selector
@@ -24,14 +24,6 @@ ENV_PREFIX = "KUBE_VGPU_SCHEDULER_"
 _GPU_POLICY_WORDS = frozenset(
     {wire.POLICY_BINPACK, wire.POLICY_SPREAD, wire.POLICY_TOPOLOGY_AWARE, wire.POLICY_MUTEX, wire.POLICY_NUMA}
 )
-
-
-def split_host_port(address: str) -> tuple[str, int]:
-    """`host:port`, `:port` (every interface) or `[v6]:port` -> (host, port); host "" means all interfaces."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"{address!r} is not host:port (e.g. 127.0.0.1:8080 or :9395)")
-    return host.strip("[]"), int(port)
 
 
 class SchedulerConfig(ConfigModel):

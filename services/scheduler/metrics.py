@@ -7,10 +7,7 @@ reported in bytes (MiB x 1048576), so HAMi's dashboards keep working.
 
 from __future__ import annotations
 
-import platform
-import sys
 from collections.abc import Iterator
-from importlib import metadata
 from typing import Final
 
 from aiohttp import web
@@ -18,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from services.common.metrics import build_info_labels
 from services.scheduler.cache import UsageCache
 
 __all__ = ["SchedulerMetrics", "UsageCollector", "build_info_labels", "metrics_app"]
@@ -27,24 +25,6 @@ ZONE: Final = "vGPU"
 _DEVICE_LABELS: Final = ["zone", "node", "device_uuid", "device_index", "device_type"]
 _POD_LABELS: Final = ["zone", "namespace", "node", "pod", "container_index", "device_uuid"]
 _LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
-
-
-def build_info_labels() -> dict[str, str]:
-    try:
-        version = metadata.version("kube-vgpu")
-    except metadata.PackageNotFoundError:
-        version = "0.0.0"
-    machine = platform.machine().lower()
-    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
-    return {
-        "version": version,
-        "revision": "",
-        "build_date": "",
-        # HAMi reports the Go toolchain here; ours is the Python runtime.
-        "go_version": f"python{platform.python_version()}",
-        "compiler": sys.implementation.name,
-        "platform": f"{sys.platform}/{arch}",
-    }
 
 
 class UsageCollector(Collector):

@@ -23,6 +23,7 @@ from kubernetes import client
 from kubernetes.client import rest
 
 from services.common import wire
+from services.common.config import split_host_port
 from services.common.device_config import DeviceConfig
 from services.common.grpc_server import GrpcServerHandle, ServiceRegistration, build_server
 from services.common.kube import KubeAccessError, describe_access, new_api_client
@@ -30,7 +31,7 @@ from services.common.log import get_logger
 from services.common.reflector import Reflector
 from services.scheduler.bind import Binder
 from services.scheduler.cache import UsageCache
-from services.scheduler.config import SchedulerConfig, split_host_port
+from services.scheduler.config import SchedulerConfig
 from services.scheduler.events import EventRecorder
 from services.scheduler.extender import Extender
 from services.scheduler.health import handshake_value

@@ -14,13 +14,13 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from services.common.config import ConfigError
+from services.common.config import ConfigError, split_host_port
 from services.common.device_config import DeviceConfig, load_device_config
 from services.common.entrypoint import EXIT_CONFIG_ERROR, run_service, wait_for_shutdown
 from services.common.kube import KubeAccessError, describe_access, new_api_client
 from services.common.log import get_logger
 from services.webhook.caches import WebhookCaches
-from services.webhook.config import ENV_PREFIX, WebhookConfig, split_host_port
+from services.webhook.config import ENV_PREFIX, WebhookConfig
 from services.webhook.mutate import MutationPolicy
 from services.webhook.server import ClusterViews, NoViews, WebhookHandler, create_app
 from services.webhook.tls import CertReloader, TLSConfigError
@@ -92,6 +92,7 @@ async def run(cfg: WebhookConfig) -> None:
     runner = web.AppRunner(create_app(handler), access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     host, port = split_host_port(cfg.http_bind)
+    host = host or "0.0.0.0"
     watcher: asyncio.Task[None] | None = None
     try:
         site = web.TCPSite(runner, host, port, ssl_context=reloader.context if reloader else None)

@@ -12,24 +12,11 @@ from typing import Self
 from pydantic import Field, field_validator, model_validator
 
 from services.common import wire
-from services.common.config import ConfigModel
+from services.common.config import ConfigModel, split_host_port
 from services.common.kube import KubeAccess
 from services.common.log import LogConfig
 
 ENV_PREFIX = "KUBE_VGPU_WEBHOOK_"
-
-
-def split_host_port(address: str) -> tuple[str, int]:
-    """`host:port`, `[v6]:port` or `:port` (all interfaces) -> (host, port)."""
-    host, sep, port_text = address.rpartition(":")
-    if not sep or not port_text.isdigit():
-        raise ValueError(f"{address!r} is not host:port (e.g. 0.0.0.0:8443 or [::]:8443)")
-    port = int(port_text)
-    if not 0 <= port <= 65535:
-        raise ValueError(f"port {port} of {address!r} is out of range")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host or "0.0.0.0", port
 
 
 class WebhookConfig(ConfigModel):

@@ -33,7 +33,7 @@ from deploy_helpers import (
 )
 from pydantic import BaseModel
 
-from services.common.config import add_config_flags, flag_overrides, load_config
+from services.common.config import add_config_flags, apply_env_aliases, flag_overrides, load_config
 from services.common.device_config import DeviceConfig, load_device_config
 from services.local.kube_scheduler_config import KubeSchedulerConfiguration, load_scheduler_config
 
@@ -49,7 +49,7 @@ DOWNWARD = {
 class ServiceSpec:
     config_module: str
     model: str
-    #: Module with `apply_hami_env(environ)` (HAMi's NODE_NAME / HOOK_PATH aliases), if the service has it.
+    #: Config module with `HAMI_ENV_ALIASES` (HAMi's NODE_NAME / HOOK_PATH env names), if the service has it.
     hami_env_module: str | None = None
 
 
@@ -115,7 +115,8 @@ def load_container_config(
     unknown = sorted(n for n in environ if n.startswith(prefix) and n not in known)
     assert not unknown, f"{service}: env {unknown} names no config key (the loader would ignore it)"
     if spec.hami_env_module:
-        importlib.import_module(spec.hami_env_module).apply_hami_env(environ)
+        aliases = importlib.import_module(spec.hami_env_module).HAMI_ENV_ALIASES
+        apply_env_aliases(environ, aliases, prefix)
     for key, value in environ.items():  # for default factories that read os.environ (POD_NAME, ...)
         monkeypatch.setenv(key, value)
     cfg = load_config(model, path=file, env_prefix=prefix, overrides=flag_overrides(args), environ=environ)

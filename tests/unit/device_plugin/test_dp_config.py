@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from services.common.config import ConfigError, load_config
-from services.device_plugin.cli import apply_hami_env
-from services.device_plugin.config import ENV_PREFIX, DevicePluginConfig
+from services.common.config import ConfigError, apply_env_aliases, load_config
+from services.device_plugin.config import ENV_PREFIX, HAMI_ENV_ALIASES, DevicePluginConfig
 from services.device_plugin.service import socket_name
 
 
 def load(environ: dict[str, str], **overrides: object) -> DevicePluginConfig:
     env = dict(environ)
-    apply_hami_env(env)
+    apply_env_aliases(env, HAMI_ENV_ALIASES, ENV_PREFIX)
     return load_config(DevicePluginConfig, env_prefix=ENV_PREFIX, environ=env, overrides=overrides)
 
 

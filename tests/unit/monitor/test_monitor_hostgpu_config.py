@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from services.common.config import ConfigError, load_config
-from services.monitor.config import ENV_PREFIX, MonitorConfig, apply_hami_env
+from services.common.config import ConfigError, apply_env_aliases, load_config
+from services.monitor.config import ENV_PREFIX, HAMI_ENV_ALIASES, MonitorConfig
 from services.monitor.hostgpu import HostGpuError, NoHostGpus, NvmlHostGpus, device_type_name, open_host_gpus
 
 
@@ -80,11 +80,11 @@ def test_defaults() -> None:
 
 def test_hami_env_names_are_honoured_below_ours() -> None:
     env = {"NODE_NAME": "gpu-1", "HOOK_PATH": "/opt/vgpu"}
-    apply_hami_env(env)
+    apply_env_aliases(env, HAMI_ENV_ALIASES, ENV_PREFIX)
     cfg = load_config(MonitorConfig, env_prefix=ENV_PREFIX, environ=env)
     assert (cfg.node_name, cfg.hook_path) == ("gpu-1", "/opt/vgpu")
     env = {"NODE_NAME": "gpu-1", ENV_PREFIX + "NODE_NAME": "ours"}
-    apply_hami_env(env)
+    apply_env_aliases(env, HAMI_ENV_ALIASES, ENV_PREFIX)
     assert load_config(MonitorConfig, env_prefix=ENV_PREFIX, environ=env).node_name == "ours"
 
 

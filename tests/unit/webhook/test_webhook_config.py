@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from services.common.config import ConfigError, load_config
+from services.common.config import ConfigError, load_config, split_host_port
 from services.common.device_config import DeviceConfig
 from services.webhook.cli import policy_from_config
-from services.webhook.config import ENV_PREFIX, WebhookConfig, split_host_port
+from services.webhook.config import ENV_PREFIX, WebhookConfig
 
 TLS = {"cert_file": "/tls/tls.crt", "key_file": "/tls/tls.key"}
 
@@ -49,7 +49,7 @@ def test_bad_bind_address(bind: str) -> None:
     ("bind", "expected"),
     [
         ("0.0.0.0:8443", ("0.0.0.0", 8443)),
-        (":443", ("0.0.0.0", 443)),
+        (":443", ("", 443)),  # every interface
         ("[::1]:9", ("::1", 9)),
         ("h:0", ("h", 0)),
     ],
