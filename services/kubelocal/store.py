@@ -11,11 +11,18 @@ before changing anything. Every write stores a new dict.
 Every committed write bumps the counter by one and appends exactly one event to the bounded
 history, so events with ``resourceVersion > N`` can be replayed for a watch resuming at ``N`` as
 long as ``N`` is not older than the oldest retained event.
+
+Lists answer in (namespace, name) order. Each resource keeps its keys in that order (``_ResourceIndex``)
+and indexes every object by label (key, value) and by the few fields in ``INDEXED_FIELDS``, so a list
+with an equality label selector (``hami.io/vgpu-node=<node>``), an equality field selector
+(``spec.nodeName=<node>``) or a namespace costs O(matching objects), not a sort of every object. The
+index only narrows the candidates: every candidate is still checked against the full filter.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import copy
 import datetime as dt
 import itertools
@@ -40,6 +47,11 @@ from services.kubelocal.resources import (
 )
 
 STATE_FORMAT_VERSION = 1
+
+# Field selectors answered from an index (when the resource supports them); others scan.
+INDEXED_FIELDS: tuple[str, ...] = ("spec.nodeName",)
+
+Key = tuple[str, str]
 
 
 def now_timestamp() -> str:
@@ -186,13 +198,98 @@ class Watcher:
                 return None
 
 
+class _ResourceIndex:
+    """One resource's objects: by key, the keys in sorted order, and label/field equality indexes."""
+
+    __slots__ = ("by_field", "by_label", "fields", "objects", "order")
+
+    def __init__(self, rt: ResourceType) -> None:
+        self.objects: dict[Key, Obj] = {}
+        self.order: list[Key] = []  # sorted
+        self.fields: tuple[str, ...] = tuple(f for f in INDEXED_FIELDS if f in rt.field_selectors)
+        self.by_label: dict[tuple[str, str], set[Key]] = {}
+        self.by_field: dict[tuple[str, str], set[Key]] = {}
+
+    def _terms(self, obj: Obj) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        labels = (obj.get("metadata") or {}).get("labels")
+        label_terms = (
+            [(k, v) for k, v in labels.items() if isinstance(k, str) and isinstance(v, str)]
+            if isinstance(labels, dict)
+            else []
+        )
+        return label_terms, [(f, field_value(obj, f)) for f in self.fields]
+
+    def _index(self, key: Key, obj: Obj) -> None:
+        label_terms, field_terms = self._terms(obj)
+        for term in label_terms:
+            self.by_label.setdefault(term, set()).add(key)
+        for term in field_terms:
+            self.by_field.setdefault(term, set()).add(key)
+
+    def _unindex(self, key: Key, obj: Obj) -> None:
+        label_terms, field_terms = self._terms(obj)
+        for table, terms in ((self.by_label, label_terms), (self.by_field, field_terms)):
+            for term in terms:
+                keys = table.get(term)
+                if keys is not None:
+                    keys.discard(key)
+                    if not keys:
+                        del table[term]
+
+    def put(self, key: Key, obj: Obj) -> None:
+        old = self.objects.get(key)
+        if old is None:
+            bisect.insort(self.order, key)
+        else:
+            self._unindex(key, old)
+        self.objects[key] = obj
+        self._index(key, obj)
+
+    def remove(self, key: Key) -> None:
+        old = self.objects.pop(key)
+        self._unindex(key, old)
+        i = bisect.bisect_left(self.order, key)
+        del self.order[i]
+
+    def candidates(self, flt: WatchFilter) -> Iterable[Key]:
+        """Keys, in order, that may match ``flt`` (a superset of the matches)."""
+        best: set[Key] | None = None
+        for req in flt.labels.requirements:
+            if req.operator not in ("=", "in"):
+                continue
+            found = _union(self.by_label.get((req.key, v)) for v in req.values)
+            if best is None or len(found) < len(best):
+                best = found
+        for freq in flt.fields.requirements:
+            if freq.operator != "=" or freq.field not in self.fields:
+                continue
+            found = self.by_field.get((freq.field, freq.value)) or set()
+            if best is None or len(found) < len(best):
+                best = found
+        if best is not None:
+            return sorted(best)
+        if flt.namespace is not None:
+            start = bisect.bisect_left(self.order, (flt.namespace, ""))
+            end = bisect.bisect_left(self.order, (flt.namespace + "\0", ""))
+            return self.order[start:end]
+        return self.order
+
+
+def _union(sets: Iterable[set[Key] | None]) -> set[Key]:
+    found: set[Key] = set()
+    for keys in sets:
+        if keys:
+            found |= keys
+    return found
+
+
 class Store:
     def __init__(self, *, history_size: int = 10_000, watch_queue_size: int = 1_000) -> None:
         if history_size < 1:
             raise ValueError("history_size must be at least 1")
         self.history_size = history_size
         self.watch_queue_size = watch_queue_size
-        self._objects: dict[str, dict[tuple[str, str], Obj]] = {rt.key: {} for rt in ALL_RESOURCES}
+        self._objects: dict[str, _ResourceIndex] = {rt.key: _ResourceIndex(rt) for rt in ALL_RESOURCES}
         self._rv = 0
         self._history: deque[WatchEvent] = deque(maxlen=history_size)
         self._history_start = 0  # events with rv > this are all in the history
@@ -212,20 +309,22 @@ class Store:
         return self._history_start
 
     def get(self, rt: ResourceType, namespace: str, name: str) -> Obj:
-        obj = self._objects[rt.key].get((namespace if rt.namespaced else "", name))
+        obj = self._objects[rt.key].objects.get((namespace if rt.namespaced else "", name))
         if obj is None:
             raise errors.not_found(rt.plural, name, rt.group)
         return obj
 
     def try_get(self, rt: ResourceType, namespace: str, name: str) -> Obj | None:
-        return self._objects[rt.key].get((namespace if rt.namespaced else "", name))
+        return self._objects[rt.key].objects.get((namespace if rt.namespaced else "", name))
 
     def list_objects(self, flt: WatchFilter) -> tuple[list[Obj], str]:
-        items = [obj for _, obj in sorted(self._objects[flt.resource.key].items()) if flt.matches(obj)]
+        index = self._objects[flt.resource.key]
+        objects = index.objects
+        items = [obj for obj in map(objects.__getitem__, index.candidates(flt)) if flt.matches(obj)]
         return items, self.resource_version
 
     def namespace_exists(self, namespace: str) -> bool:
-        return ("", namespace) in self._objects[NAMESPACES.key]
+        return ("", namespace) in self._objects[NAMESPACES.key].objects
 
     # --- writes ----------------------------------------------------------------------------------
 
@@ -235,13 +334,13 @@ class Store:
         if rt.namespaced and not self.namespace_exists(namespace):
             raise errors.not_found("namespaces", namespace)
         key = (namespace if rt.namespaced else "", name)
-        if key in self._objects[rt.key]:
+        if key in self._objects[rt.key].objects:
             raise errors.already_exists(rt.plural, name, rt.group)
         if dry_run:
             return obj
         self._rv += 1
         meta(obj)["resourceVersion"] = str(self._rv)
-        self._objects[rt.key][key] = obj
+        self._objects[rt.key].put(key, obj)
         self._emit(WatchEvent(self._rv, "ADDED", rt, obj))
         return obj
 
@@ -261,7 +360,7 @@ class Store:
             return obj
         self._rv += 1
         md["resourceVersion"] = str(self._rv)
-        self._objects[rt.key][(namespace if rt.namespaced else "", name)] = obj
+        self._objects[rt.key].put((namespace if rt.namespaced else "", name), obj)
         self._emit(WatchEvent(self._rv, "MODIFIED", rt, obj, current))
         return obj
 
@@ -280,7 +379,7 @@ class Store:
         self._rv += 1
         meta(final)["resourceVersion"] = str(self._rv)
         namespace, name = object_key(current)
-        del self._objects[rt.key][(namespace if rt.namespaced else "", name)]
+        self._objects[rt.key].remove((namespace if rt.namespaced else "", name))
         self._emit(WatchEvent(self._rv, "DELETED", rt, final))
         return final
 
@@ -289,8 +388,7 @@ class Store:
             (rt, obj)
             for rt in ALL_RESOURCES
             if rt.namespaced
-            for (ns, _), obj in sorted(self._objects[rt.key].items())
-            if ns == namespace
+            for obj in self.list_objects(WatchFilter(rt, namespace))[0]
         ]
 
     def _emit(self, event: WatchEvent) -> None:
@@ -355,7 +453,7 @@ class Store:
             "kind": "KubeLocalState",
             "version": STATE_FORMAT_VERSION,
             "resourceVersion": self.resource_version,
-            "objects": {key: list(objs.values()) for key, objs in self._objects.items() if objs},
+            "objects": {key: list(idx.objects.values()) for key, idx in self._objects.items() if idx.objects},
         }
         return json.dumps(state, separators=(",", ":")).encode()
 
@@ -370,7 +468,7 @@ class Store:
         if state.get("version") != STATE_FORMAT_VERSION:
             raise ValueError(f"unsupported state format version {state.get('version')!r}")
         rv = int(state["resourceVersion"])
-        objects: dict[str, dict[tuple[str, str], Obj]] = {rt.key: {} for rt in ALL_RESOURCES}
+        objects: dict[str, _ResourceIndex] = {rt.key: _ResourceIndex(rt) for rt in ALL_RESOURCES}
         raw = state.get("objects")
         if not isinstance(raw, dict):
             raise ValueError("'objects' must be a map")
@@ -384,7 +482,7 @@ class Store:
                 if not isinstance(obj, dict) or not object_key(obj)[1]:
                     raise ValueError(f"malformed {rt.kind} entry")
                 namespace, name = object_key(obj)
-                objects[key][(namespace if rt.namespaced else "", name)] = obj
+                objects[key].put((namespace if rt.namespaced else "", name), obj)
                 # Never hand out a resourceVersion twice, even from a hand-edited file.
                 rv = max(rv, int(obj["metadata"].get("resourceVersion") or 0))
         self.close_watchers("reset")

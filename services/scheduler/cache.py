@@ -641,6 +641,51 @@ class UsageCache:
                     self._snapshots[name] = (snapshot, steady is not None and steady.schedulable)
         return snapshot
 
+    def snapshots(
+        self, names: Iterable[str], *, exclude_uid: str | None = None
+    ) -> tuple[dict[str, NodeSnapshot | None], int | None]:
+        """`snapshot(name, exclude_uid=...)` for every name, with one lock round for the shared snapshots of
+        unchanged, steadily healthy nodes (the whole of a filter over an idle cluster).
+
+        The second value is the cache generation the answer is exact for, or None when it may not be reused
+        at a later read of that same generation (a node's health depends on the clock, the excluded pod
+        counts somewhere, or the cache changed while missing snapshots were built)."""
+        found: dict[str, NodeSnapshot | None] = {}
+        misses: list[str] = []
+        with self._lock:
+            generation: int | None = self.generation
+            plain = not exclude_uid or (
+                exclude_uid not in self._pods and exclude_uid not in self._reservations
+            )
+            if plain:
+                shared = self._snapshots
+                for name in names:
+                    entry = shared.get(name)
+                    if entry is not None and entry[1]:
+                        found[name] = entry[0]
+                    else:
+                        misses.append(name)
+            else:
+                generation = None
+                misses = list(names)
+            for name in misses:
+                state = self._nodes.get(name)
+                if state is not None and state.steady_health is None:
+                    generation = None  # its health depends on the time
+        for name in misses:
+            if name not in found:
+                found[name] = self.snapshot(name, exclude_uid=exclude_uid)
+        if misses and generation is not None:
+            with self._lock:
+                if self.generation != generation:
+                    generation = None
+        return found, generation
+
+    def holds(self, uid: str) -> bool:
+        """Whether pod `uid` counts anywhere (a watched pod holding usage, or a reservation)."""
+        with self._lock:
+            return uid in self._pods or uid in self._reservations
+
     def _counts_on(self, node: str, uid: str) -> bool:
         """Whether pod `uid` counts on `node` (call with the lock held)."""
         reservation = self._reservations.get(uid)

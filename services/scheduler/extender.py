@@ -16,8 +16,10 @@ above 1 MiB and malformed JSON included. The handlers never let an exception esc
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any, Final
 
 from aiohttp import web
@@ -42,6 +44,7 @@ from services.scheduler.filtering import (
     EventText,
     FilterOutcome,
     evaluate,
+    evaluation_key,
     failure_events,
     success_event,
 )
@@ -51,9 +54,19 @@ from services.scheduler.metrics import SchedulerMetrics
 __all__ = ["MAX_BODY_BYTES", "Extender"]
 
 log = get_logger(__name__)
+_std_log = logging.getLogger(__name__)  # the stdlib logger behind `log`, for cheap level checks
 
 # HAMi reads request bodies through a 1 MiB limit (cmd/scheduler/main.go).
 MAX_BODY_BYTES: Final = 1 << 20
+# Outcomes kept for reuse within one cache generation (distinct pod shapes x candidate lists).
+_OUTCOMES_LIMIT: Final = 32
+
+
+def _json(data: Any) -> web.Response:
+    """`web.json_response` for a body already encoded as JSON text."""
+    return web.Response(
+        text=data if isinstance(data, str) else json.dumps(data), content_type="application/json"
+    )
 
 
 def _pod_ref(ctx: PodContext) -> dict[str, str]:
@@ -87,6 +100,11 @@ class Extender:
         self._ready = ready
         self._not_ready_error = not_ready_error
         self._sync_wait = sync_wait_seconds
+        # Outcomes of `_evaluate` valid at cache generation `_outcomes_generation`: the prioritize call after
+        # a filter, and the next pods of the same shape while nothing changed, reuse the whole outcome (and
+        # the answer bodies kept on it) instead of walking every node again.
+        self._outcomes: dict[Hashable, FilterOutcome] = {}
+        self._outcomes_generation = -1
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES)
@@ -118,22 +136,29 @@ class Extender:
             await asyncio.sleep(0.1)
         return True
 
-    def _snapshots(self, ctx: PodContext, args: ExtenderArgs) -> dict[str, NodeSnapshot | None]:
+    def _evaluate(self, ctx: PodContext, args: ExtenderArgs) -> FilterOutcome:
         exclude = ctx.uid or None
+        quota = self._cache.quota_view(exclude_uid=exclude)
+        names = args.candidate_names
         if args.nodes is not None:
-            return {
+            objects: dict[str, NodeSnapshot | None] = {
                 node_name(n): self._cache.snapshot_from_object(n, exclude_uid=exclude) for n in args.nodes
             }
-        return {n: self._cache.snapshot(n, exclude_uid=exclude) for n in args.candidate_names}
-
-    def _evaluate(self, ctx: PodContext, args: ExtenderArgs) -> FilterOutcome:
-        return evaluate(
-            ctx,
-            args.candidate_names,
-            self._snapshots(ctx, args),
-            self._policy,
-            self._cache.quota_view(exclude_uid=ctx.uid or None),
-        )
+            return evaluate(ctx, names, objects, self._policy, quota)
+        shape = evaluation_key(ctx, self._policy, quota)
+        key = (shape, tuple(names)) if shape is not None else None
+        if key is not None and self._outcomes_generation == self._cache.generation:
+            outcome = self._outcomes.get(key)
+            if outcome is not None and not (exclude and self._cache.holds(exclude)):
+                return outcome
+        snapshots, generation = self._cache.snapshots(names, exclude_uid=exclude)
+        outcome = evaluate(ctx, names, snapshots, self._policy, quota)
+        if key is not None and generation is not None:
+            if generation != self._outcomes_generation or len(self._outcomes) >= _OUTCOMES_LIMIT:
+                self._outcomes.clear()
+                self._outcomes_generation = generation
+            self._outcomes[key] = outcome
+        return outcome
 
     # --- verbs ----------------------------------------------------------------------------------------------
 
@@ -145,9 +170,9 @@ class Extender:
             log.exception("filter_failed")
             result = filter_result(error=f"internal error: {type(exc).__name__}: {exc}")
         self._metrics.filter_seconds.observe(time.perf_counter() - started)
-        return web.json_response(result)
+        return _json(result)
 
-    async def _filter(self, request: web.Request) -> dict[str, Any]:
+    async def _filter(self, request: web.Request) -> dict[str, Any] | str:
         try:
             args = decode_extender_args(await self._body(request))
         except ExtenderRequestError as exc:
@@ -172,21 +197,25 @@ class Extender:
             chosen = [outcome.best.node] if outcome.best is not None else []
         else:
             chosen = outcome.fitting_names
-        failed = dict(outcome.failed)
-        if outcome.fitting:
-            self._events.record(_pod_ref(ctx), [success_event(outcome)])
-        else:
-            self._events.record(_pod_ref(ctx), failure_events(outcome))
-        log_ctx.info(
-            "filtered",
-            fit=chosen,
-            failed=len(failed),
-            best=outcome.best.node if outcome.best is not None else None,
-        )
+        events = outcome.derived.get("events")
+        if events is None:
+            events = outcome.derived["events"] = (
+                [success_event(outcome)] if outcome.fitting else failure_events(outcome)
+            )
+        self._events.record(_pod_ref(ctx), events)
+        best = outcome.best.node if outcome.best is not None else None
+        log_ctx.info("filtered", fit=len(chosen), failed=len(outcome.failed), best=best)
+        if _std_log.isEnabledFor(logging.DEBUG):  # names only at debug level: 1000 of them per filter
+            log_ctx.debug("filtered_nodes", fit=chosen, failed=sorted(outcome.failed))
         if args.nodes is not None:
             by_name = {node_name(n): n for n in args.nodes}
-            return filter_result(nodes=[by_name[n] for n in chosen], failed=failed)
-        return filter_result(node_names=chosen or None, failed=failed)
+            return filter_result(nodes=[by_name[n] for n in chosen], failed=outcome.failed)
+        answer = outcome.derived.get("filter")
+        if answer is None:
+            answer = outcome.derived["filter"] = json.dumps(
+                filter_result(node_names=chosen or None, failed=outcome.failed)
+            )
+        return answer
 
     async def prioritize(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
@@ -204,7 +233,12 @@ class Extender:
                 outcome = self._evaluate(ctx, args)
             except PodAnnotationError as exc:
                 return web.json_response({"Error": str(exc)}, status=400)
-            return web.json_response(priority_list(outcome.priorities(), names))
+            answer = outcome.derived.get("prioritize")
+            if answer is None:
+                answer = json.dumps(priority_list(outcome.priorities(), names))
+                if args.nodes is None:  # the outcome (and so this answer) is reused only for the same names
+                    outcome.derived["prioritize"] = answer
+            return _json(answer)
         except Exception as exc:
             log.exception("prioritize_failed")
             return web.json_response({"Error": f"internal error: {type(exc).__name__}: {exc}"}, status=500)

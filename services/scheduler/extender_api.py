@@ -117,7 +117,7 @@ def decode_extender_args(body: bytes | str) -> ExtenderArgs:
     names: list[str] | None = None
     if "NodeNames" in found:
         raw = found["NodeNames"]
-        if not isinstance(raw, list) or not all(isinstance(n, str) for n in raw):
+        if not isinstance(raw, list) or not set(map(type, raw)) <= {str}:  # JSON strings are exactly `str`
             raise ExtenderRequestError("cannot decode extender args: NodeNames must be a list of strings")
         names = list(raw)
     return ExtenderArgs(pod=pod, nodes=nodes, node_names=names)

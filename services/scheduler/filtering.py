@@ -13,9 +13,10 @@ their verdict depends on the usage of the whole namespace.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 from services.common import wire
 from services.common.codecs import parse_reasons
@@ -35,6 +36,7 @@ __all__ = [
     "EventText",
     "FilterOutcome",
     "evaluate",
+    "evaluation_key",
     "failure_events",
     "success_event",
 ]
@@ -45,6 +47,9 @@ WARNING: Final = "Warning"
 # Pod shapes remembered per node snapshot (a new snapshot starts empty; this only bounds odd workloads).
 _MEMO_LIMIT: Final = 64
 _SHAPES_LIMIT: Final = 4096
+# The FilteringSucceed event names at most this many fitting nodes (the best ones, then `...`): with 1000
+# fitting nodes HAMi's full list makes a ~20 kB event per filter, which costs more than the filter itself.
+EVENT_NODES_LIMIT: Final = 10
 
 
 class _Shape:
@@ -80,6 +85,8 @@ class FilterOutcome:
     policy: SchedulingPolicy
     best: NodeFit | None = None
     fitting: tuple[NodeFit, ...] = field(default=())
+    # What callers derive from the outcome (answer bodies, event text), kept when the outcome is reused.
+    derived: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def fitting_names(self) -> list[str]:
@@ -87,7 +94,7 @@ class FilterOutcome:
 
     def priorities(self) -> dict[str, int]:
         """0..10 per candidate for the prioritize verb (non-fitting nodes 0)."""
-        return priority_scores(list(self.verdicts), self.policy.node_policy)
+        return priority_scores(self.verdicts, self.policy.node_policy)
 
 
 def evaluate(
@@ -103,12 +110,14 @@ def evaluate(
     key = _memo_key(pod, resolved, quota)
     verdicts: list[NodeFit] = []
     failed: dict[str, str] = {}
+    fitting: list[NodeFit] = []
     seen: set[str] = set()
+    get = snapshots.get
     for name in candidates:
         if name in seen:
             continue
         seen.add(name)
-        snapshot = snapshots.get(name)
+        snapshot = get(name)
         if snapshot is None:
             verdict = NodeFit(node=name, fits=False, reason=wire.NODE_UNREGISTERED)
         elif key is not None and isinstance(snapshot, CachedSnapshot):
@@ -123,16 +132,25 @@ def evaluate(
         else:
             verdict = fit_pod(pod, snapshot, resolved, quota)
         verdicts.append(verdict)
-        if not verdict.fits:
+        if verdict.fits:
+            fitting.append(verdict)
+        else:
             failed[name] = verdict.reason
-    fitting = tuple(v for v in verdicts if v.fits)
     return FilterOutcome(
         verdicts=tuple(verdicts),
         failed=failed,
         policy=resolved,
         best=choose_best(fitting, resolved.node_policy),
-        fitting=fitting,
+        fitting=tuple(fitting),
     )
+
+
+def evaluation_key(
+    pod: PodContext, policy: SchedulingPolicy, quota: QuotaView | None = None
+) -> Hashable | None:
+    """What `evaluate` reads of the pod, policy and quota: two pods with the same key get the same outcome on
+    the same snapshots. None when the outcome must not be reused (a namespace with a GPU quota)."""
+    return _memo_key(pod, policy.resolve(pod.annotations), quota)
 
 
 def _memo_key(pod: PodContext, policy: SchedulingPolicy, quota: QuotaView | None) -> Hashable | None:
@@ -149,15 +167,32 @@ def _memo_key(pod: PodContext, policy: SchedulingPolicy, quota: QuotaView | None
 
 
 def success_event(outcome: FilterOutcome) -> EventText:
-    """`FilteringSucceed`: `find fit node(<best>), <k> nodes not fit, <m> nodes fit(<n>:<score>,...)`."""
+    """`FilteringSucceed`: `find fit node(<best>), <k> nodes not fit, <m> nodes fit(<n>:<score>,...)`.
+
+    HAMi lists every fitting node; past `EVENT_NODES_LIMIT` we list the best ones in preference order (ties
+    in candidate order) followed by `...`, so the event stays small on a large cluster."""
     best = outcome.best.node if outcome.best is not None else ""
-    scores = ",".join(f"{f.node}:{f.score:.2f}" for f in outcome.fitting)
+    fitting: Sequence[NodeFit] = outcome.fitting
+    more = ""
+    if len(fitting) > EVENT_NODES_LIMIT:
+        pick = heapq.nsmallest if _spread(outcome.policy) else heapq.nlargest  # both stable on ties
+        fitting, more = pick(EVENT_NODES_LIMIT, fitting, key=_score), ",..."
+    scores = ",".join(f"{f.node}:{f.score:.2f}" for f in fitting) + more
     return EventText(
         NORMAL,
         "FilteringSucceed",
         f"find fit node({best}), {len(outcome.failed)} nodes not fit, "
         f"{len(outcome.fitting)} nodes fit({scores})",
     )
+
+
+def _score(fit: NodeFit) -> float:
+    return fit.score
+
+
+def _spread(policy: SchedulingPolicy) -> bool:
+    """Whether the node policy prefers the emptiest node (as `fit.choose_best` reads it)."""
+    return policy.node_policy.strip() == wire.POLICY_SPREAD
 
 
 def failure_events(outcome: FilterOutcome) -> list[EventText]:

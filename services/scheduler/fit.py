@@ -727,17 +727,22 @@ def priority_scores(fits: Sequence[NodeFit], node_policy: str) -> dict[str, int]
     scores the same they all get 10 (no preference). Nodes that do not fit get 0."""
     scores = [f.score for f in fits if f.fits]
     if not scores:
-        return {f.node: 0 for f in fits}
+        return dict.fromkeys([f.node for f in fits], 0)
     low, high = min(scores), max(scores)
     result: dict[str, int] = {}
+    if high == low:
+        for f in fits:
+            result[f.node] = MAX_PRIORITY if f.fits else 0
+        return result
+    span = high - low
+    spread = _spread(node_policy)
+    floor = math.floor
     for f in fits:
         if not f.fits:
             result[f.node] = 0
-        elif high == low:
-            result[f.node] = MAX_PRIORITY
         else:
-            share = (high - f.score if _spread(node_policy) else f.score - low) / (high - low)
-            result[f.node] = min(MAX_PRIORITY, max(0, math.floor(share * MAX_PRIORITY + 0.5)))
+            share = (high - f.score) if spread else (f.score - low)
+            result[f.node] = min(MAX_PRIORITY, max(0, floor(share / span * MAX_PRIORITY + 0.5)))
     return result
 
 

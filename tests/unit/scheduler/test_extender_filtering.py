@@ -152,3 +152,21 @@ def test_already_bound() -> None:
     assert already_bound(_bound("n1"), "n1", gpu=False) == ""
     assert already_bound(_bound("n1"), "n1", gpu=True) == 'pod ns/p is already assigned to node "n1"'
     assert already_bound(_bound("n2", "n2"), "n1", gpu=True) == 'pod ns/p is already assigned to node "n2"'
+
+
+def test_success_event_lists_only_the_best_ten_nodes() -> None:
+    snapshots: dict[str, NodeSnapshot | None] = {
+        f"n{i:02d}": NodeSnapshot(f"n{i:02d}", [gpu(f"GPU-{i}", used=1, usedmem=i * 100, usedcores=i)])
+        for i in range(15)
+    }
+    names = list(snapshots)
+    binpack = evaluate(pod_context(pod(1000)), names, snapshots, SchedulingPolicy("binpack"))
+    message = success_event(binpack).message
+    assert message.startswith("find fit node(n14), 0 nodes not fit, 15 nodes fit(n14:")
+    listed = message[message.index("fit(n14") + 4 : -1].split(",")
+    assert listed[-1] == "..." and [n.split(":")[0] for n in listed[:-1]] == [
+        f"n{i:02d}" for i in range(14, 4, -1)
+    ]
+    spread = evaluate(pod_context(pod(1000)), names, snapshots, SchedulingPolicy("spread"))
+    listed = success_event(spread).message.split("nodes fit(")[1][:-1].split(",")
+    assert [n.split(":")[0] for n in listed[:-1]] == [f"n{i:02d}" for i in range(10)] and listed[-1] == "..."

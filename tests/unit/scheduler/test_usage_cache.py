@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import random
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -11,7 +12,13 @@ import pytest
 
 from services.common.codecs import encode_node_devices
 from services.common.model import ContainerDevice, DeviceInfo
-from services.scheduler.cache import Reservation, UsageCache, init_containers_done, pod_usage_from_object
+from services.scheduler.cache import (
+    Reservation,
+    UsageCache,
+    build_snapshot,
+    init_containers_done,
+    pod_usage_from_object,
+)
 
 NOW = datetime(2026, 8, 21, 10, 0, 0, tzinfo=UTC)
 GPU_A = "GPU-aaaa"
@@ -352,3 +359,69 @@ def test_a_stale_copy_on_the_same_node_does_not_end_the_reservation() -> None:
     assert usage_of(cache) == {GPU_A: (1, 2000, 20), GPU_B: (0, 0, 0)}
     cache.on_pod_event("MODIFIED", pod_obj("p", f"{GPU_A},NVIDIA,2000,20:;"))
     assert cache.reservations() == []
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_cached_snapshots_equal_a_fresh_build_after_random_events(seed: int) -> None:
+    """Whatever mix of node, pod and reservation events arrives, every snapshot the cache hands out (shared
+    or not, one node or many) equals one built afresh from the node and the pods that count on it."""
+    rng = random.Random(seed)
+    cache = UsageCache(clock=lambda: NOW)
+    nodes = ["n1", "n2", "n3"]
+    pods = [f"p{i}" for i in range(12)]
+    allocations = [
+        f"{GPU_A},NVIDIA,1000,10:;",
+        f"{GPU_B},NVIDIA,2000,20:;",
+        f"{GPU_A},NVIDIA,500,5:{GPU_B},NVIDIA,500,5:;",
+    ]
+
+    def reference(node: str, exclude: str | None) -> Any:
+        state = cache.node_state(node)
+        if state is None or not state.health(NOW).schedulable:
+            return None
+        usages = [u for u in cache.pods() if u.node == node and u.uid != exclude]
+        return build_snapshot(state, usages)
+
+    def same(a: Any, b: Any) -> bool:
+        if a is None or b is None:
+            return a is None and b is None
+        return (a.name, a.devices, dict(a.annotations), dict(a.mig_placements)) == (
+            b.name,
+            b.devices,
+            dict(b.annotations),
+            dict(b.mig_placements),
+        )
+
+    for step in range(300):
+        roll = rng.random()
+        node = rng.choice(nodes)
+        name = rng.choice(pods)
+        if roll < 0.1:
+            if rng.random() < 0.3:
+                cache.on_node_event("DELETED", node_obj(node))
+            else:
+                cache.on_node_event("MODIFIED", node_obj(node, allocatable=rng.choice(["20", "10"])))
+        elif roll < 0.6:
+            kind = rng.choice(["ADDED", "MODIFIED", "MODIFIED", "DELETED"])
+            phase = rng.choice(["Running", "Running", "Pending", "Succeeded"])
+            pod = pod_obj(name, rng.choice([*allocations, None]), node=node, phase=phase)
+            cache.on_pod_event(kind, pod)
+        elif roll < 0.8:
+            alloc = [[ContainerDevice(rng.choice([GPU_A, GPU_B]), "NVIDIA", 700, 7)]]
+            cache.reserve(
+                Reservation(uid=f"uid-{name}", namespace="default", name=name, node=node, allocation=alloc)
+            )
+        elif roll < 0.9:
+            cache.commit_reservation(f"uid-{name}")
+        else:
+            cache.drop_reservation(f"uid-{name}")
+        for exclude in (None, f"uid-{rng.choice(pods)}"):
+            bulk, _ = cache.snapshots([*nodes, "unknown"], exclude_uid=exclude)
+            for node_name in [*nodes, "unknown"]:
+                expected = reference(node_name, exclude)
+                assert same(cache.snapshot(node_name, exclude_uid=exclude), expected), (
+                    step,
+                    node_name,
+                    exclude,
+                )
+                assert same(bulk[node_name], expected), (step, node_name, exclude)
