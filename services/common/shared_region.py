@@ -21,7 +21,7 @@ import struct
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Final
+from typing import Final, NamedTuple
 
 __all__ = [
     "DEVICES",
@@ -35,6 +35,7 @@ __all__ = [
     "DeviceUtil",
     "ProcSlot",
     "RegionLayout",
+    "RegionSummary",
     "RegionTooSmallError",
     "RegionVersion",
     "SharedRegion",
@@ -43,6 +44,7 @@ __all__ = [
     "UnsupportedVersionError",
     "encode_region",
     "parse_region",
+    "parse_region_summary",
     "read_region",
 ]
 
@@ -379,6 +381,8 @@ def _read_slot(buf: bytes | memoryview | mmap.mmap, layout: RegionLayout, index:
 
 
 def _uuid(raw: bytes) -> str:
+    if not raw or raw[0] == 0:
+        return ""  # an unused device slot (most of the 16)
     text = raw.split(b"\0", 1)[0]
     try:
         return text.decode("utf-8")
@@ -386,40 +390,85 @@ def _uuid(raw: bytes) -> str:
         return ""  # the monitor skips UUIDs that are not valid UTF-8
 
 
-def parse_region(buf: bytes | bytearray | memoryview | mmap.mmap) -> SharedRegion:
-    """Decodes a region from the file's bytes (or a read-only mapping of it). Raises SharedRegionError."""
-    data: bytes | memoryview | mmap.mmap = bytes(buf) if isinstance(buf, bytearray) else buf
-    layout = _choose_layout(data)
-    i32 = struct.Struct("<i")
-    u64 = struct.Struct("<Q")
+class _Header(NamedTuple):
+    """The fields outside the process slots (for :func:`parse_region` and :func:`parse_region_summary`)."""
+
+    major_version: int
+    minor_version: int
+    initialized_flag: int
+    sm_init_flag: int
+    owner_pid: int
+    device_num: int
+    uuids: tuple[str, ...]
+    limits: tuple[int, ...]
+    sm_limits: tuple[int, ...]
+    proc_num: int
+    utilization_switch: int
+    recent_kernel: int
+    priority: int
+    last_kernel_time: int | None
+
+
+_I32: Final = struct.Struct("<i")
+_U32: Final = struct.Struct("<I")
+_U64: Final = struct.Struct("<Q")
+_I64: Final = struct.Struct("<q")
+_UUIDS: Final = struct.Struct("<" + f"{UUID_LEN}s" * DEVICES)
+_U64_16: Final = struct.Struct(f"<{DEVICES}Q")
+
+
+def _read_header(data: bytes | memoryview | mmap.mmap, layout: RegionLayout) -> _Header:
     major = minor = 0
     if layout.major_version is not None and layout.minor_version is not None:
-        major = struct.unpack_from("<I", data, layout.major_version)[0]
-        minor = struct.unpack_from("<I", data, layout.minor_version)[0]
-    raw_uuids = struct.unpack_from(f"<{UUID_LEN * DEVICES}s", data, layout.uuids)[0]
-    uuids = tuple(_uuid(raw_uuids[i * UUID_LEN : (i + 1) * UUID_LEN]) for i in range(DEVICES))
-    proc_num = i32.unpack_from(data, layout.proc_num)[0]
-    count = max(0, min(proc_num, SLOTS))
+        major = _U32.unpack_from(data, layout.major_version)[0]
+        minor = _U32.unpack_from(data, layout.minor_version)[0]
+    uuids = tuple(map(_uuid, _UUIDS.unpack_from(data, layout.uuids)))
     last_kernel: int | None = None
     if layout.last_kernel_time is not None:
-        last_kernel = struct.unpack_from("<q", data, layout.last_kernel_time)[0]
-    return SharedRegion(
-        version=layout.version,
+        last_kernel = _I64.unpack_from(data, layout.last_kernel_time)[0]
+    return _Header(
         major_version=major,
         minor_version=minor,
-        initialized_flag=i32.unpack_from(data, 0)[0],
-        sm_init_flag=i32.unpack_from(data, layout.sm_init_flag)[0],
-        owner_pid=u64.unpack_from(data, layout.owner_pid)[0],
-        device_num=u64.unpack_from(data, layout.device_num)[0],
+        initialized_flag=_I32.unpack_from(data, 0)[0],
+        sm_init_flag=_I32.unpack_from(data, layout.sm_init_flag)[0],
+        owner_pid=_U64.unpack_from(data, layout.owner_pid)[0],
+        device_num=_U64.unpack_from(data, layout.device_num)[0],
         uuids=uuids,
-        limits=struct.unpack_from(f"<{DEVICES}Q", data, layout.limit),
-        sm_limits=struct.unpack_from(f"<{DEVICES}Q", data, layout.sm_limit),
-        proc_num=proc_num,
-        procs=tuple(_read_slot(data, layout, i) for i in range(count)),
-        utilization_switch=i32.unpack_from(data, layout.utilization_switch)[0],
-        recent_kernel=i32.unpack_from(data, layout.recent_kernel)[0],
-        priority=i32.unpack_from(data, layout.priority)[0],
+        limits=_U64_16.unpack_from(data, layout.limit),
+        sm_limits=_U64_16.unpack_from(data, layout.sm_limit),
+        proc_num=_I32.unpack_from(data, layout.proc_num)[0],
+        utilization_switch=_I32.unpack_from(data, layout.utilization_switch)[0],
+        recent_kernel=_I32.unpack_from(data, layout.recent_kernel)[0],
+        priority=_I32.unpack_from(data, layout.priority)[0],
         last_kernel_time=last_kernel,
+    )
+
+
+def parse_region(buf: bytes | bytearray | memoryview | mmap.mmap) -> SharedRegion:
+    """Decodes a region from the file's bytes (or a read-only mapping of it). Raises SharedRegionError.
+
+    Builds an object per slot and device; :func:`parse_region_summary` reads only the aggregates."""
+    data: bytes | memoryview | mmap.mmap = bytes(buf) if isinstance(buf, bytearray) else buf
+    layout = _choose_layout(data)
+    head = _read_header(data, layout)
+    count = max(0, min(head.proc_num, SLOTS))
+    return SharedRegion(
+        version=layout.version,
+        major_version=head.major_version,
+        minor_version=head.minor_version,
+        initialized_flag=head.initialized_flag,
+        sm_init_flag=head.sm_init_flag,
+        owner_pid=head.owner_pid,
+        device_num=head.device_num,
+        uuids=head.uuids,
+        limits=head.limits,
+        sm_limits=head.sm_limits,
+        proc_num=head.proc_num,
+        procs=tuple(_read_slot(data, layout, i) for i in range(count)),
+        utilization_switch=head.utilization_switch,
+        recent_kernel=head.recent_kernel,
+        priority=head.priority,
+        last_kernel_time=head.last_kernel_time,
         layout=layout,
     )
 
@@ -433,6 +482,170 @@ def read_region(path: str | Path) -> SharedRegion:
             raise RegionTooSmallError(f"{path}: shared region is {size} bytes; {MIN_FILE_SIZE} are needed")
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
             return parse_region(m)
+
+
+# ----------------------------------------------------------------------------------------------- summary
+
+
+class RegionSummary(NamedTuple):
+    """What :func:`parse_region_summary` reads: a region's header and tail fields plus per-device sums over
+    the live slots (``status != 0`` among the first ``clamp(proc_num)``), without per-slot objects.
+
+    ``used``/``context``/``module``/``buffer``/``offset``/``sm_util`` hold one sum per device (16);
+    ``device_processes`` counts, per device, the live slots that charged bytes (``total > 0``);
+    ``live_processes`` is the number of live slots. Equal to the same figures of :func:`parse_region`. A
+    NamedTuple rather than a frozen dataclass: it is built once per region and scrape, and that is cheaper."""
+
+    version: RegionVersion
+    major_version: int
+    minor_version: int
+    initialized_flag: int
+    sm_init_flag: int
+    owner_pid: int
+    device_num: int
+    uuids: tuple[str, ...]
+    limits: tuple[int, ...]
+    sm_limits: tuple[int, ...]
+    proc_num: int
+    live_processes: int
+    used: tuple[int, ...]
+    context: tuple[int, ...]
+    module: tuple[int, ...]
+    buffer: tuple[int, ...]
+    offset: tuple[int, ...]
+    sm_util: tuple[int, ...]
+    device_processes: tuple[int, ...]
+    utilization_switch: int
+    recent_kernel: int
+    priority: int
+    last_kernel_time: int | None
+    layout: RegionLayout
+
+    @property
+    def device_count(self) -> int:
+        """``device_num`` clamped to 0..16, as the monitor's ``DeviceNum()``."""
+        return max(0, min(self.device_num, DEVICES))
+
+    def usage(self, index: int) -> DeviceUsage:
+        """Aggregates for device ``index`` over the live slots (as :meth:`SharedRegion.usage`)."""
+        return DeviceUsage(
+            index=index,
+            uuid=self.uuids[index],
+            limit=self.limits[index],
+            sm_limit=self.sm_limits[index],
+            used=self.used[index],
+            context=self.context[index],
+            module=self.module[index],
+            buffer=self.buffer[index],
+            offset=self.offset[index],
+            sm_util=self.sm_util[index],
+            processes=self.device_processes[index],
+        )
+
+    def devices(self) -> tuple[DeviceUsage, ...]:
+        """Per-device aggregates for ``index < device_count`` whose UUID is present (the monitor's rule)."""
+        return tuple(self.usage(i) for i in range(self.device_count) if self.uuids[i])
+
+
+def _summary_struct(layout: RegionLayout) -> struct.Struct:
+    """The fields of one slot the summary needs, in one unpack: per device the five ``device_memory_t``
+    counters (context, module, data, offset, total), then per device ``sm_util``, then ``status``."""
+    mem = "5Q" + (f"{layout.devmem_size - 40}x" if layout.devmem_size > 40 else "")
+    util = "16xQ" + (f"{layout.devutil_size - 24}x" if layout.devutil_size > 24 else "")
+    util_gap = layout.slot_device_util - layout.slot_used - layout.devmem_size * DEVICES
+    status_gap = layout.slot_status - layout.slot_device_util - layout.devutil_size * DEVICES
+    fmt = f"<{layout.slot_used}x" + mem * DEVICES + f"{util_gap}x" + util * DEVICES
+    fmt += (f"{status_gap}x" if status_gap else "") + "i"
+    s = struct.Struct(fmt)
+    assert s.size == layout.slot_status + 4
+    return s
+
+
+_SUMMARY_STRUCTS: Final = {RegionVersion.V0: _summary_struct(V0), RegionVersion.V1: _summary_struct(V1)}
+_MEM_FIELDS: Final = 5 * DEVICES  # values before the sm_util ones in a summary row
+_STATUS: Final = _MEM_FIELDS + DEVICES  # index of status in a summary row
+
+
+def _summary_rows(
+    data: bytes | memoryview | mmap.mmap, layout: RegionLayout, count: int
+) -> list[tuple[int, ...]]:
+    """The summary rows of the live slots among the first ``count`` (seqlock retry as :func:`_read_slot`)."""
+    s = _SUMMARY_STRUCTS[layout.version]
+    unpack = s.unpack_from
+    size = layout.slot_size
+    base = layout.procs
+    rows: list[tuple[int, ...]] = []
+    if layout.slot_seqlock is None or isinstance(data, bytes):
+        for off in range(base, base + count * size, size):
+            row = unpack(data, off)
+            if row[_STATUS] != 0:
+                rows.append(row)
+        return rows
+    seq = _U64.unpack_from
+    for off in range(base, base + count * size, size):
+        # A live mapping: retry while a writer is inside its seqlock window.
+        seq_off = off + layout.slot_seqlock
+        row = unpack(data, off)
+        for _ in range(1000):
+            (before,) = seq(data, seq_off)
+            row = unpack(data, off)
+            (after,) = seq(data, seq_off)
+            if before == after and before % 2 == 0:
+                break
+        if row[_STATUS] != 0:
+            rows.append(row)
+    return rows
+
+
+def parse_region_summary(buf: bytes | bytearray | memoryview | mmap.mmap) -> RegionSummary:
+    """Like :func:`parse_region` (same validation, errors and seqlock retry) but keeps only the header, the
+    tail and per-device sums over the live slots: one precompiled unpack per slot in use, no slot objects.
+    Raises SharedRegionError."""
+    data: bytes | memoryview | mmap.mmap = bytes(buf) if isinstance(buf, bytearray) else buf
+    layout = _choose_layout(data)
+    head = _read_header(data, layout)
+    rows = _summary_rows(data, layout, max(0, min(head.proc_num, SLOTS)))
+    if not rows:
+        zero: tuple[int, ...] = _ZERO16
+        context = module = buffer = offset = used = sm_util = procs = zero
+    else:
+        sums = rows[0] if len(rows) == 1 else tuple(map(sum, zip(*rows, strict=True)))
+        context = sums[0:_MEM_FIELDS:5]
+        module = sums[1:_MEM_FIELDS:5]
+        buffer = sums[2:_MEM_FIELDS:5]
+        offset = sums[3:_MEM_FIELDS:5]
+        used = sums[4:_MEM_FIELDS:5]
+        sm_util = sums[_MEM_FIELDS:_STATUS]
+        if len(rows) == 1:
+            procs = tuple(1 if t > 0 else 0 for t in used)
+        else:
+            procs = tuple(sum(1 for r in rows if r[i] > 0) for i in range(4, _MEM_FIELDS, 5))
+    return RegionSummary(
+        version=layout.version,
+        major_version=head.major_version,
+        minor_version=head.minor_version,
+        initialized_flag=head.initialized_flag,
+        sm_init_flag=head.sm_init_flag,
+        owner_pid=head.owner_pid,
+        device_num=head.device_num,
+        uuids=head.uuids,
+        limits=head.limits,
+        sm_limits=head.sm_limits,
+        proc_num=head.proc_num,
+        live_processes=len(rows),
+        used=used,
+        context=context,
+        module=module,
+        buffer=buffer,
+        offset=offset,
+        sm_util=sm_util,
+        device_processes=procs,
+        utilization_switch=head.utilization_switch,
+        recent_kernel=head.recent_kernel,
+        priority=head.priority,
+        last_kernel_time=head.last_kernel_time,
+        layout=layout,
+    )
 
 
 # ----------------------------------------------------------------------------------------------- encoding

@@ -92,35 +92,37 @@ def map_length(file_size: int) -> int:
 def decode(buffer: bytes | mmap.mmap) -> tuple[RegionReading, sr.RegionLayout]:
     """Validate (size, magic, version) and read one region; RegionFormatError when it is not one."""
     try:
-        region = sr.parse_region(buffer)
-        devices = region.devices()
+        # Only the aggregates: parse_region would build ~32 objects per process slot (the scrape's hot path).
+        summary = sr.parse_region_summary(buffer)
     except sr.SharedRegionError as exc:
         raise RegionFormatError(reason_of(exc), str(exc)) from None
     except (ValueError, IndexError, OverflowError) as exc:  # struct errors on a file shorter than it said
         raise RegionFormatError(REASON_CORRUPT, f"{type(exc).__name__}: {exc}") from None
+    uuids = summary.uuids
     reading = RegionReading(
-        version=region.version.value,
+        version=summary.version.value,
         devices=tuple(
             DeviceReading(
-                index=d.index,
-                uuid=d.monitor_uuid,
-                limit_bytes=d.limit,
-                sm_limit=d.sm_limit,
-                used_bytes=d.used,
-                context_bytes=d.context,
-                module_bytes=d.module,
-                buffer_bytes=d.buffer,
-                sm_util=d.sm_util,
+                index=i,
+                uuid=uuids[i][: sr.MONITOR_UUID_LEN],
+                limit_bytes=summary.limits[i],
+                sm_limit=summary.sm_limits[i],
+                used_bytes=summary.used[i],
+                context_bytes=summary.context[i],
+                module_bytes=summary.module[i],
+                buffer_bytes=summary.buffer[i],
+                sm_util=summary.sm_util[i],
             )
-            for d in devices
+            for i in range(summary.device_count)
+            if uuids[i]  # the monitor's rule, as SharedRegion.devices()
         ),
-        priority=region.priority,
-        recent_kernel=region.recent_kernel,
-        utilization_switch=region.utilization_switch,
-        last_kernel_time=region.last_kernel_time or 0,
-        processes=len(region.live_procs),
+        priority=summary.priority,
+        recent_kernel=summary.recent_kernel,
+        utilization_switch=summary.utilization_switch,
+        last_kernel_time=summary.last_kernel_time or 0,
+        processes=summary.live_processes,
     )
-    return reading, region.layout
+    return reading, summary.layout
 
 
 def fingerprint(view: mmap.mmap, layout: sr.RegionLayout) -> bytes:

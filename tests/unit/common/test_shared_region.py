@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import mmap
 import struct
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -27,6 +30,7 @@ from services.common.shared_region import (
     UnsupportedVersionError,
     encode_region,
     parse_region,
+    parse_region_summary,
     read_region,
 )
 
@@ -341,3 +345,120 @@ def test_any_truncation_of_a_v1_file_is_rejected(region: SharedRegion, size: int
     raw = encode_region(region)[:size]
     with pytest.raises(SharedRegionError):
         parse_region(raw)
+
+
+# ------------------------------------------------------------------------------------------ summary read
+
+# Mostly running/suspended/exited slots, sometimes any int32 (every non-zero status is live).
+STATUS = st.one_of(st.sampled_from([0, 0, 1, 2]), I32)
+
+
+@st.composite
+def summary_regions(draw: st.DrawFn, v1: bool) -> SharedRegion:
+    base = draw(regions(v1))
+    slots = draw(
+        st.lists(
+            _slots(v1).flatmap(lambda s: STATUS.map(lambda status: replace(s, status=status))), max_size=8
+        )
+    )
+    if v1 and draw(st.booleans()):  # even seqlocks: a live mapping reads them on the first try
+        slots = [replace(s, seqlock=s.seqlock & ~1) for s in slots]
+    proc_num = draw(
+        st.one_of(
+            st.integers(min_value=-3, max_value=len(slots) + 3),
+            st.sampled_from([SLOTS, SLOTS + 1, -(2**31), 2**31 - 1]),
+        )
+    )
+    return replace(base, procs=tuple(slots), proc_num=proc_num)
+
+
+def _assert_summary_matches(raw: bytes | mmap.mmap, expected: SharedRegion) -> None:
+    summary = parse_region_summary(raw)
+    assert summary.live_processes == len(expected.live_procs)
+    assert summary.devices() == expected.devices()
+    assert [summary.usage(i) for i in range(DEVICES)] == [expected.usage(i) for i in range(DEVICES)]
+    for name in (
+        "version",
+        "major_version",
+        "minor_version",
+        "initialized_flag",
+        "sm_init_flag",
+        "owner_pid",
+        "device_num",
+        "device_count",
+        "uuids",
+        "limits",
+        "sm_limits",
+        "proc_num",
+        "utilization_switch",
+        "recent_kernel",
+        "priority",
+        "last_kernel_time",
+    ):
+        assert getattr(summary, name) == getattr(expected, name), name
+    assert summary.layout is expected.layout
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.booleans().flatmap(summary_regions))
+def test_summary_equals_parse_region_aggregates(region: SharedRegion) -> None:
+    raw = encode_region(region)
+    expected = parse_region(raw)
+    _assert_summary_matches(raw, expected)
+    _assert_summary_matches(bytearray(raw), expected)  # type: ignore[arg-type]
+    # A mapping takes the seqlock path (v1), as the monitor's reads do.
+    with mmap.mmap(-1, len(raw)) as m:
+        m.write(raw)
+        _assert_summary_matches(m, expected)
+
+
+def test_summary_sums_live_slots_only() -> None:
+    region = _v0(
+        device_num=2,
+        uuids=("GPU-a", "GPU-b") + ("",) * (DEVICES - 2),
+        proc_num=4,
+        procs=(
+            ProcSlot(pid=1, used=_mem(10, data=4, ctx=6), status=1),
+            ProcSlot(pid=2, used=_mem(100, data=100), status=0),  # exited
+            ProcSlot(pid=3, used=_mem(0), status=2),  # suspended, charged nothing
+            ProcSlot(pid=4, used=_mem(5, ctx=5), status=1),
+            ProcSlot(pid=5, used=_mem(1000), status=1),  # beyond proc_num
+        ),
+    )
+    summary = parse_region_summary(encode_region(region))
+    assert summary.live_processes == 3
+    (a, _b) = summary.devices()
+    assert (a.used, a.context, a.buffer, a.processes) == (15, 11, 4, 2)
+    assert summary.devices() == parse_region(encode_region(region)).devices()
+
+
+def _error_of(fn: Callable[[bytes], object], raw: bytes) -> tuple[type[BaseException], str] | None:
+    try:
+        fn(raw)
+    except Exception as exc:  # the type and message are compared
+        return type(exc), str(exc)
+    return None
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"\x01" * 11,
+        struct.pack("<i", 12345) + bytes(V1.size),
+        struct.pack("<iII", MAGIC, 1, 2) + bytes(5000),
+        struct.pack("<iII", MAGIC, 2, 0) + bytes(V1.size),
+        struct.pack("<iII", MAGIC, 1, 1) + bytes(V1.size),
+        struct.pack("<iII", MAGIC, 1, 2) + bytes(1_500_000),
+        struct.pack("<iII", MAGIC, 0, 0) + bytes(V0.size),
+    ],
+)
+def test_summary_raises_what_parse_region_raises(raw: bytes) -> None:
+    assert _error_of(parse_region_summary, raw) == _error_of(parse_region, raw)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.booleans().flatmap(summary_regions), st.integers(min_value=0, max_value=V1.size))
+def test_summary_rejects_truncations_like_parse_region(region: SharedRegion, size: int) -> None:
+    raw = encode_region(region)[:size]
+    assert _error_of(parse_region_summary, raw) == _error_of(parse_region, raw)
