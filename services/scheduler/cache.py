@@ -681,6 +681,15 @@ class UsageCache:
                     generation = None
         return found, generation
 
+    def warm(self) -> int:
+        """Build the shared snapshot of every node that has none (after the initial LIST, so the first filter
+        does not build 1000 of them cold); returns how many were built."""
+        with self._lock:
+            names = [name for name in self._nodes if name not in self._snapshots]
+        for name in names:
+            self.snapshot(name)
+        return len(names)
+
     def holds(self, uid: str) -> bool:
         """Whether pod `uid` counts anywhere (a watched pod holding usage, or a reservation)."""
         with self._lock:

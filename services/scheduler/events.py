@@ -1,19 +1,20 @@
-"""Kubernetes events on pods (spec §3.11), posted off the event loop; a failure is only logged."""
+"""Kubernetes events on pods (spec §3.11), posted by one background worker off every verb's path; a failure
+is only logged."""
 
 from __future__ import annotations
 
 import asyncio
 import secrets
+import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client
 
-from services.common.kube import raw_json
 from services.common.log import get_logger
 from services.scheduler.filtering import EventText
-from services.scheduler.offload import offload
 
 __all__ = ["EventRecorder", "event_body"]
 
@@ -52,8 +53,28 @@ def event_body(
     }
 
 
+class _Pending:
+    """One queued event; repeats of it (same pod, type, reason, message) before it is posted raise `count`."""
+
+    __slots__ = ("count", "event", "first", "last", "pod")
+
+    def __init__(self, pod: Mapping[str, str], event: EventText, now: datetime) -> None:
+        self.pod = pod
+        self.event = event
+        self.first = now
+        self.last = now
+        self.count = 1
+
+
 class EventRecorder:
-    """Posts events in the background; `drain()` waits for the ones still in flight (shutdown, tests)."""
+    """Posts events from one background worker thread, never on a verb's path.
+
+    `record()` only appends to a bounded queue (O(1), no I/O, no JSON): an event identical to one still
+    queued (same pod, type, reason, message) is coalesced into it (`count`, `lastTimestamp`), and when
+    `max_pending` distinct events are waiting, new ones are dropped and counted in `dropped`. The worker
+    waits `batch_delay` seconds after the first event of a batch, so a burst is posted in one go rather
+    than interleaved with the verbs that caused it. `drain()` flushes what is queued (shutdown, tests).
+    """
 
     def __init__(
         self,
@@ -62,31 +83,91 @@ class EventRecorder:
         *,
         enabled: bool = True,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        max_pending: int = 1000,
+        batch_delay: float = 0.05,
     ) -> None:
         self._core = core
         self._component = component
         self._enabled = enabled and core is not None
         self._clock = clock
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._max_pending = max(1, max_pending)
+        self._batch_delay = max(0.0, batch_delay)
+        self._pending: dict[tuple[str, str, str, str, str, str], _Pending] = {}
+        self._cond = threading.Condition()
+        self._posting = 0  # events taken by the worker and not yet posted
+        self._flush = False
+        self._thread: threading.Thread | None = None
+        self.dropped = 0  # events dropped because the queue was full
+        self.coalesced = 0  # events merged into an identical queued one
+        self.posted = 0
+        self.failed = 0
 
     def record(self, pod: Mapping[str, str], events: Iterable[EventText]) -> None:
-        """Queue `events` about `pod`; returns at once."""
+        """Queue `events` about `pod`; returns at once (never blocks, never does I/O)."""
         if not self._enabled:
             return
-        for event in events:
-            body = event_body(pod, event, self._component, self._clock(), secrets.token_hex(8))
-            task = asyncio.get_running_loop().create_task(self._post(body))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        now = self._clock()
+        with self._cond:
+            for event in events:
+                key = (
+                    pod.get("namespace") or "",
+                    pod.get("name") or "",
+                    pod.get("uid") or "",
+                    event.type,
+                    event.reason,
+                    event.message,
+                )
+                pending = self._pending.get(key)
+                if pending is not None:
+                    pending.count += 1
+                    pending.last = now
+                    self.coalesced += 1
+                elif len(self._pending) >= self._max_pending:
+                    self.dropped += 1
+                    if self.dropped == 1 or self.dropped % 1000 == 0:
+                        log.warning("events_dropped", dropped=self.dropped, queue=self._max_pending)
+                else:
+                    self._pending[key] = _Pending(pod, event, now)
+            if self._pending:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="event-recorder", daemon=True)
+                    self._thread.start()
+                self._cond.notify_all()
 
-    async def _post(self, body: dict[str, Any]) -> None:
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending:
+                    self._cond.wait()
+                if not self._flush and self._batch_delay:
+                    self._cond.wait(self._batch_delay)  # let the burst complete; drain() cuts it short
+                batch = list(self._pending.values())
+                self._pending.clear()
+                self._posting = len(batch)
+            for item in batch:
+                self._post(item)
+                with self._cond:
+                    self._posting -= 1
+                    if not self._pending and not self._posting:
+                        self._flush = False
+                        self._cond.notify_all()
+
+    def _post(self, item: _Pending) -> None:
         core = self._core
         assert core is not None
+        body = event_body(item.pod, item.event, self._component, item.first, secrets.token_hex(8))
+        if item.count > 1:
+            body["count"] = item.count
+            body["lastTimestamp"] = _rfc3339(item.last)
         namespace = body["metadata"]["namespace"]
         payload: Any = body
         try:
-            await offload(raw_json, core.create_namespaced_event, namespace, payload)
+            # Raw: the created Event is not needed, so the client's model decoding is skipped.
+            response: Any = core.create_namespaced_event(namespace, payload, _preload_content=False)
+            response.release_conn()
+            self.posted += 1
         except Exception as exc:  # events are best effort: never let one break a verb
+            self.failed += 1
             log.warning(
                 "event_post_failed",
                 pod=f"{namespace}/{body['involvedObject']['name']}",
@@ -94,6 +175,22 @@ class EventRecorder:
                 error=str(exc),
             )
 
+    def _idle(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            if self._pending or self._posting:
+                self._flush = True
+                self._cond.notify_all()
+            while self._pending or self._posting:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            return True
+
     async def drain(self, timeout: float = 5.0) -> None:
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=timeout)
+        """Post what is queued now, waiting up to `timeout` seconds."""
+        with self._cond:
+            busy = bool(self._pending or self._posting)
+        if busy:
+            await asyncio.to_thread(self._idle, timeout)

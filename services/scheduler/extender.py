@@ -7,6 +7,8 @@ Routes: POST /filter, /prioritize, /bind; GET /healthz, /readyz.
   (`filter_mode: hami`), with a reason in `FailedNodes` for every other candidate. Pods without a GPU request
   pass through unchanged. A caller that sends full Node objects (not nodeCacheCapable) gets Node objects back.
 - prioritize ranks the candidates 0-10 by the node policy (binpack: busiest first, spread: emptiest first).
+  Called for the pod just filtered (kube-scheduler's cycle, within 1 s) with nodes that passed, it scores from
+  that filter's outcome instead of fitting every node again when the cache changed in between.
 - bind (leader only) re-fits, reserves and binds; see `services.scheduler.bind`.
 
 Every failure is answered in the verb's own shape (`Error`) with HTTP 200, as HAMi does, and logged; bodies
@@ -48,7 +50,14 @@ from services.scheduler.filtering import (
     failure_events,
     success_event,
 )
-from services.scheduler.fit import NodeSnapshot, PodAnnotationError, PodContext, SchedulingPolicy, pod_context
+from services.scheduler.fit import (
+    NodeSnapshot,
+    PodAnnotationError,
+    PodContext,
+    SchedulingPolicy,
+    pod_context,
+    priority_scores,
+)
 from services.scheduler.metrics import SchedulerMetrics
 
 __all__ = ["MAX_BODY_BYTES", "Extender"]
@@ -60,6 +69,10 @@ _std_log = logging.getLogger(__name__)  # the stdlib logger behind `log`, for ch
 MAX_BODY_BYTES: Final = 1 << 20
 # Outcomes kept for reuse within one cache generation (distinct pod shapes x candidate lists).
 _OUTCOMES_LIMIT: Final = 32
+# How long the prioritize call of a scheduling cycle may reuse its filter's outcome after the cache changed
+# (binds and watch events land between the two calls under load; re-walking every node for scores that
+# are advisory, the bind re-fits anyway, would double the cycle's cost).
+_PRIORITIZE_REUSE_SECONDS: Final = 1.0
 
 
 def _json(data: Any) -> web.Response:
@@ -105,6 +118,9 @@ class Extender:
         # the answer bodies kept on it) instead of walking every node again.
         self._outcomes: dict[Hashable, FilterOutcome] = {}
         self._outcomes_generation = -1
+        # The last filter's outcome: (pod uid, evaluation key, outcome, when), for its prioritize call.
+        self._last_filter: tuple[str, Hashable, FilterOutcome, float] | None = None
+        self._evaluated_shape: Hashable | None = None  # the evaluation key `_evaluate` last used
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES)
@@ -137,6 +153,7 @@ class Extender:
         return True
 
     def _evaluate(self, ctx: PodContext, args: ExtenderArgs) -> FilterOutcome:
+        self._evaluated_shape = None
         exclude = ctx.uid or None
         quota = self._cache.quota_view(exclude_uid=exclude)
         names = args.candidate_names
@@ -146,6 +163,7 @@ class Extender:
             }
             return evaluate(ctx, names, objects, self._policy, quota)
         shape = evaluation_key(ctx, self._policy, quota)
+        self._evaluated_shape = shape
         key = (shape, tuple(names)) if shape is not None else None
         if key is not None and self._outcomes_generation == self._cache.generation:
             outcome = self._outcomes.get(key)
@@ -159,6 +177,29 @@ class Extender:
                 self._outcomes_generation = generation
             self._outcomes[key] = outcome
         return outcome
+
+    def _filter_scores(self, ctx: PodContext, args: ExtenderArgs) -> dict[str, int] | None:
+        """The scores of the nodes `args` names from the outcome of this pod's filter just before (the same
+        scheduling cycle), when every one of them passed that filter; None when prioritize must evaluate."""
+        last = self._last_filter
+        if last is None or args.nodes is not None or not ctx.uid:
+            return None
+        uid, shape, outcome, when = last
+        if uid != ctx.uid or time.monotonic() - when > _PRIORITIZE_REUSE_SECONDS:
+            return None
+        if self._outcomes_generation == self._cache.generation:
+            return None  # nothing changed: `_evaluate` answers from the outcome cache, reply body included
+        names = args.candidate_names
+        fitting = {f.node: f for f in outcome.fitting}
+        verdicts = [fitting.get(name) for name in names]
+        if not verdicts or any(v is None for v in verdicts):
+            return None
+        try:
+            if evaluation_key(ctx, self._policy, self._cache.quota_view(exclude_uid=ctx.uid)) != shape:
+                return None
+        except PodAnnotationError:
+            return None
+        return priority_scores([v for v in verdicts if v is not None], outcome.policy.node_policy)
 
     # --- verbs ----------------------------------------------------------------------------------------------
 
@@ -193,6 +234,8 @@ class Extender:
             self._events.record(_pod_ref(ctx), [EventText(WARNING, "FilteringFailed", str(exc))])
             log_ctx.warning("filter_pod_error", error=str(exc))
             return filter_result(error=str(exc))
+        if args.nodes is None and ctx.uid and self._evaluated_shape is not None:
+            self._last_filter = (ctx.uid, self._evaluated_shape, outcome, time.monotonic())
         if self._filter_mode == "hami":
             chosen = [outcome.best.node] if outcome.best is not None else []
         else:
@@ -229,6 +272,9 @@ class Extender:
             names = args.candidate_names
             if not ctx.has_gpu_request or not await self._wait_ready():
                 return web.json_response(priority_list({}, names))
+            reused = self._filter_scores(ctx, args)
+            if reused is not None:
+                return _json(json.dumps(priority_list(reused, names)))
             try:
                 outcome = self._evaluate(ctx, args)
             except PodAnnotationError as exc:

@@ -331,6 +331,29 @@ async def test_prioritize_orders_nodes_by_policy(cluster: Cluster, extender: Ext
         assert "cannot decode" in (await resp.json())["Error"]
 
 
+async def test_prioritize_of_a_cycle_reuses_its_filter_outcome(cluster: Cluster, extender: Extender) -> None:
+    """kube-scheduler's prioritize right after the pod's filter scores from that filter's outcome, even when
+    binds changed the cache in between (the scores are advisory: the bind re-fits); another pod's prioritize
+    evaluates afresh."""
+    pod = cluster.add_pod(pod_body("cycle", 1000))
+    filtered = await extender.filter(pod)
+    assert filtered["NodeNames"] == ["node-a", "node-b"]
+    busy = cluster.add_pod(pod_body("busy", 8000, 50))
+    assert await extender.bind(busy, "node-b") == ""
+    cluster.release_lock("node-b")
+    await wait_for(lambda: extender.usage("node-b")["GPU-node-b-0"] == (1, 8000, 50))
+    body = {"Pod": pod, "NodeNames": ["node-a", "node-b"]}
+    assert await extender.post("prioritize", body) == [
+        {"Host": "node-a", "Score": 10},  # both nodes were empty when this pod was filtered
+        {"Host": "node-b", "Score": 10},
+    ]
+    other = cluster.add_pod(pod_body("other", 1000))
+    assert await extender.post("prioritize", {"Pod": other, "NodeNames": ["node-a", "node-b"]}) == [
+        {"Host": "node-a", "Score": 0},
+        {"Host": "node-b", "Score": 10},
+    ]
+
+
 # --- bind ---------------------------------------------------------------------------------------------------
 
 

@@ -425,3 +425,18 @@ def test_cached_snapshots_equal_a_fresh_build_after_random_events(seed: int) -> 
                     exclude,
                 )
                 assert same(bulk[node_name], expected), (step, node_name, exclude)
+
+
+def test_warm_builds_each_missing_snapshot_once_and_reads_share_it() -> None:
+    cache = fresh_cache()
+    cache.on_node_event("ADDED", node_obj("n2"))
+    cache.on_pod_event("ADDED", pod_obj("p", f"{GPU_A},NVIDIA,1000,10:;"))
+    assert cache.warm() == 2
+    assert cache.warm() == 0
+    warmed = cache.snapshot("n1")
+    assert warmed is not None and cache.snapshot("n1") is warmed
+    snapshots, generation = cache.snapshots(["n1", "n2"])
+    assert snapshots["n1"] is warmed and generation == cache.generation
+    # A change drops the node's snapshot: the next warm builds it again, and only that one.
+    cache.on_pod_event("DELETED", pod_obj("p", f"{GPU_A},NVIDIA,1000,10:;"))
+    assert cache.warm() == 1

@@ -1,0 +1,85 @@
+"""The event recorder: posting off the verbs' path, coalescing, dropping when full, drain."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+from services.scheduler.events import EventRecorder
+from services.scheduler.filtering import NORMAL, WARNING, EventText
+
+POD = {"namespace": "default", "name": "p", "uid": "u-1"}
+NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+class _Response:
+    def release_conn(self) -> None:
+        pass
+
+
+class FakeCore:
+    def __init__(self, gate: threading.Event | None = None, fail: bool = False) -> None:
+        self.posted: list[tuple[str, dict[str, Any]]] = []
+        self.gate = gate
+        self.fail = fail
+        self.threads: set[str] = set()
+
+    def create_namespaced_event(self, namespace: str, body: Any, **kwargs: Any) -> _Response:
+        assert kwargs == {"_preload_content": False}
+        self.threads.add(threading.current_thread().name)
+        if self.gate is not None:
+            self.gate.wait(5)
+        if self.fail:
+            raise OSError("connection refused")
+        self.posted.append((namespace, body))
+        return _Response()
+
+
+def _recorder(core: FakeCore, **kwargs: Any) -> EventRecorder:
+    return EventRecorder(core, "vgpu-scheduler", clock=lambda: NOW, batch_delay=0.0, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_events_are_posted_by_the_worker_thread() -> None:
+    core = FakeCore()
+    recorder = _recorder(core)
+    recorder.record(POD, [EventText(NORMAL, "FilteringSucceed", "ok")])
+    await recorder.drain()
+    assert len(core.posted) == 1
+    namespace, body = core.posted[0]
+    assert namespace == "default"
+    assert body["reason"] == "FilteringSucceed" and body["involvedObject"]["uid"] == "u-1"
+    assert body["count"] == 1 and body["firstTimestamp"] == "2026-01-02T03:04:05Z"
+    assert core.threads == {"event-recorder"}
+    assert recorder.posted == 1
+
+
+async def test_identical_events_are_coalesced_and_overflow_is_dropped() -> None:
+    gate = threading.Event()
+    core = FakeCore(gate)
+    recorder = EventRecorder(core, "s", clock=lambda: NOW, batch_delay=1.0, max_pending=2)  # type: ignore[arg-type]
+    event = EventText(WARNING, "FilteringFailed", "no node")
+    recorder.record(POD, [event, event, event])
+    recorder.record({**POD, "name": "q", "uid": "u-2"}, [event])
+    recorder.record({**POD, "name": "r", "uid": "u-3"}, [event])  # third distinct event: queue full
+    assert recorder.coalesced == 2 and recorder.dropped == 1
+    gate.set()
+    await recorder.drain()
+    counts = {body["involvedObject"]["name"]: body["count"] for _, body in core.posted}
+    assert counts == {"p": 3, "q": 1}
+
+
+async def test_a_failed_post_is_counted_and_drain_returns() -> None:
+    core = FakeCore(fail=True)
+    recorder = _recorder(core)
+    recorder.record(POD, [EventText(NORMAL, "BindingSucceed", "ok")])
+    await recorder.drain()
+    assert recorder.failed == 1 and core.posted == []
+
+
+async def test_disabled_recorder_posts_nothing() -> None:
+    core = FakeCore()
+    recorder = EventRecorder(core, "s", enabled=False)  # type: ignore[arg-type]
+    recorder.record(POD, [EventText(NORMAL, "x", "y")])
+    await recorder.drain()
+    assert core.posted == []
