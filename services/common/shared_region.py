@@ -597,6 +597,48 @@ def _summary_rows(
     return rows
 
 
+class SlotTotals(NamedTuple):
+    """Per-device sums over the live process slots (the part of a region that changes on every allocation)."""
+
+    live_processes: int
+    used: tuple[int, ...]
+    context: tuple[int, ...]
+    module: tuple[int, ...]
+    buffer: tuple[int, ...]
+    offset: tuple[int, ...]
+    sm_util: tuple[int, ...]
+    device_processes: tuple[int, ...]
+
+
+def _totals(rows: list[tuple[int, ...]]) -> SlotTotals:
+    if not rows:
+        zero: tuple[int, ...] = _ZERO16
+        return SlotTotals(0, zero, zero, zero, zero, zero, zero, zero)
+    sums = rows[0] if len(rows) == 1 else tuple(map(sum, zip(*rows, strict=True)))
+    used = sums[4:_MEM_FIELDS:5]
+    if len(rows) == 1:
+        procs = tuple(1 if t > 0 else 0 for t in used)
+    else:
+        procs = tuple(sum(1 for r in rows if r[i] > 0) for i in range(4, _MEM_FIELDS, 5))
+    return SlotTotals(
+        live_processes=len(rows),
+        used=used,
+        context=sums[0:_MEM_FIELDS:5],
+        module=sums[1:_MEM_FIELDS:5],
+        buffer=sums[2:_MEM_FIELDS:5],
+        offset=sums[3:_MEM_FIELDS:5],
+        sm_util=sums[_MEM_FIELDS:_STATUS],
+        device_processes=procs,
+    )
+
+
+def read_slot_totals(data: bytes | memoryview | mmap.mmap, layout: RegionLayout) -> SlotTotals:
+    """Only the slots' per-device sums of an already validated region of `layout` (`proc_num` read from it):
+    for a reader that knows the header and tail did not change since it last parsed them."""
+    (proc_num,) = struct.unpack_from("<i", data, layout.proc_num)
+    return _totals(_summary_rows(data, layout, max(0, min(proc_num, SLOTS))))
+
+
 def parse_region_summary(buf: bytes | bytearray | memoryview | mmap.mmap) -> RegionSummary:
     """Like :func:`parse_region` (same validation, errors and seqlock retry) but keeps only the header, the
     tail and per-device sums over the live slots: one precompiled unpack per slot in use, no slot objects.
@@ -604,22 +646,7 @@ def parse_region_summary(buf: bytes | bytearray | memoryview | mmap.mmap) -> Reg
     data: bytes | memoryview | mmap.mmap = bytes(buf) if isinstance(buf, bytearray) else buf
     layout = _choose_layout(data)
     head = _read_header(data, layout)
-    rows = _summary_rows(data, layout, max(0, min(head.proc_num, SLOTS)))
-    if not rows:
-        zero: tuple[int, ...] = _ZERO16
-        context = module = buffer = offset = used = sm_util = procs = zero
-    else:
-        sums = rows[0] if len(rows) == 1 else tuple(map(sum, zip(*rows, strict=True)))
-        context = sums[0:_MEM_FIELDS:5]
-        module = sums[1:_MEM_FIELDS:5]
-        buffer = sums[2:_MEM_FIELDS:5]
-        offset = sums[3:_MEM_FIELDS:5]
-        used = sums[4:_MEM_FIELDS:5]
-        sm_util = sums[_MEM_FIELDS:_STATUS]
-        if len(rows) == 1:
-            procs = tuple(1 if t > 0 else 0 for t in used)
-        else:
-            procs = tuple(sum(1 for r in rows if r[i] > 0) for i in range(4, _MEM_FIELDS, 5))
+    totals = _totals(_summary_rows(data, layout, max(0, min(head.proc_num, SLOTS))))
     return RegionSummary(
         version=layout.version,
         major_version=head.major_version,
@@ -632,14 +659,14 @@ def parse_region_summary(buf: bytes | bytearray | memoryview | mmap.mmap) -> Reg
         limits=head.limits,
         sm_limits=head.sm_limits,
         proc_num=head.proc_num,
-        live_processes=len(rows),
-        used=used,
-        context=context,
-        module=module,
-        buffer=buffer,
-        offset=offset,
-        sm_util=sm_util,
-        device_processes=procs,
+        live_processes=totals.live_processes,
+        used=totals.used,
+        context=totals.context,
+        module=totals.module,
+        buffer=totals.buffer,
+        offset=totals.offset,
+        sm_util=totals.sm_util,
+        device_processes=totals.device_processes,
         utilization_switch=head.utilization_switch,
         recent_kernel=head.recent_kernel,
         priority=head.priority,

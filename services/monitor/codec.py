@@ -142,3 +142,32 @@ def field_offset(layout: sr.RegionLayout, field_name: str) -> int:
     if field_name == UTILIZATION_SWITCH:
         return layout.utilization_switch
     raise ValueError(f"the monitor never writes {field_name!r} (only {sorted(WRITABLE_FIELDS)})")
+
+
+def redecode_slots(view: mmap.mmap, layout: sr.RegionLayout, previous: RegionReading) -> RegionReading:
+    """`decode(view)`'s reading when everything but the process slots (the header before them and the tail
+    after them, `proc_num` included) holds the bytes `previous` was decoded from: only the slots are read
+    again (with shared_region's summary rows and seqlock retry), the header fields are taken over."""
+    totals = sr.read_slot_totals(view, layout)
+    return RegionReading(
+        version=previous.version,
+        devices=tuple(
+            DeviceReading(
+                index=d.index,
+                uuid=d.uuid,
+                limit_bytes=d.limit_bytes,
+                sm_limit=d.sm_limit,
+                used_bytes=totals.used[d.index],
+                context_bytes=totals.context[d.index],
+                module_bytes=totals.module[d.index],
+                buffer_bytes=totals.buffer[d.index],
+                sm_util=totals.sm_util[d.index],
+            )
+            for d in previous.devices
+        ),
+        priority=previous.priority,
+        recent_kernel=previous.recent_kernel,
+        utilization_switch=previous.utilization_switch,
+        last_kernel_time=previous.last_kernel_time,
+        processes=totals.live_processes,
+    )

@@ -50,7 +50,7 @@ from prometheus_client.registry import Collector
 
 from services.common.metrics import build_info_labels
 from services.monitor.hostgpu import HostGpuStat
-from services.monitor.monitor import Snapshot
+from services.monitor.monitor import ContainerView, DeviceView, Snapshot
 
 __all__ = [
     "CONTAINER_LABELS",
@@ -165,52 +165,161 @@ class ErrorCounts:
             return dict(self._counts)
 
 
-def container_families(snapshot: Snapshot, now: float) -> list[Family]:
-    def gauge(name: str, help_text: str) -> Family:
-        return Family(name, help_text, "gauge", CONTAINER_LABELS)
+# The container families, in output order: (name, help). The one at _ELAPSED depends on the scrape time.
+_CONTAINER_FAMILIES: Final = (
+    ("hami_vgpu_memory_used_bytes", "vGPU device memory used by the container"),
+    ("hami_vgpu_memory_limit_bytes", "vGPU device memory limit of the container"),
+    ("hami_vgpu_core_used_percent", "vGPU SM utilisation of the container, percent of a GPU"),
+    ("hami_vgpu_core_limit_percent", "vGPU SM limit of the container, percent of a GPU"),
+    ("hami_container_device_memory_bytes", "Container device memory usage"),
+    ("hami_container_device_utilization_ratio", "Container device SM utilisation (0-100)"),
+    ("hami_container_last_kernel_elapsed_seconds", "Seconds since the container's last kernel launch"),
+    ("hami_vgpu_memory_context_bytes", "vGPU device memory used by CUDA contexts"),
+    ("hami_vgpu_memory_module_bytes", "vGPU device memory used by loaded modules"),
+    ("hami_vgpu_memory_buffer_bytes", "vGPU device memory used by allocations"),
+)
+_ELAPSED: Final = 6
 
-    used = gauge("hami_vgpu_memory_used_bytes", "vGPU device memory used by the container")
-    limit = gauge("hami_vgpu_memory_limit_bytes", "vGPU device memory limit of the container")
-    core_used = gauge("hami_vgpu_core_used_percent", "vGPU SM utilisation of the container, percent of a GPU")
-    core_limit = gauge("hami_vgpu_core_limit_percent", "vGPU SM limit of the container, percent of a GPU")
-    ctr_memory = gauge("hami_container_device_memory_bytes", "Container device memory usage")
-    ctr_util = gauge("hami_container_device_utilization_ratio", "Container device SM utilisation (0-100)")
-    last_kernel = gauge(
-        "hami_container_last_kernel_elapsed_seconds", "Seconds since the container's last kernel launch"
+
+def _device_labels(node: str, view: ContainerView, device: DeviceView) -> LabelSet:
+    return LabelSet(
+        CONTAINER_LABELS,
+        (
+            ZONE,
+            node,
+            view.namespace,
+            view.pod,
+            view.container,
+            str(device.vindex),
+            device.host_index,
+            device.uuid,
+        ),
     )
-    context = gauge("hami_vgpu_memory_context_bytes", "vGPU device memory used by CUDA contexts")
-    module = gauge("hami_vgpu_memory_module_bytes", "vGPU device memory used by loaded modules")
-    buffer = gauge("hami_vgpu_memory_buffer_bytes", "vGPU device memory used by allocations")
+
+
+def _device_values(device: DeviceView) -> tuple[int, ...]:
+    """The values of every container family but _ELAPSED, in _CONTAINER_FAMILIES order."""
+    return (
+        device.memory_used_bytes,
+        device.memory_limit_bytes,
+        device.core_used_percent,
+        device.core_limit_percent or 100,
+        device.memory_used_bytes,
+        device.core_used_percent,
+        device.context_bytes,
+        device.module_bytes,
+        device.buffer_bytes,
+    )
+
+
+def container_families(snapshot: Snapshot, now: float) -> list[Family]:
+    families = [Family(name, help_text, "gauge", CONTAINER_LABELS) for name, help_text in _CONTAINER_FAMILIES]
+    fixed = families[:_ELAPSED] + families[_ELAPSED + 1 :]
+    last_kernel = families[_ELAPSED]
     for view in snapshot.containers:
         if not view.attributed:
             continue
         elapsed = now - view.last_kernel_time if view.last_kernel_time > 0 else None
         for device in view.devices:
-            labels = LabelSet(
-                CONTAINER_LABELS,
-                (
-                    ZONE,
-                    snapshot.node,
-                    view.namespace,
-                    view.pod,
-                    view.container,
-                    str(device.vindex),
-                    device.host_index,
-                    device.uuid,
-                ),
-            )
-            used.add(labels, device.memory_used_bytes)
-            limit.add(labels, device.memory_limit_bytes)
-            core_used.add(labels, device.core_used_percent)
-            core_limit.add(labels, device.core_limit_percent or 100)
-            ctr_memory.add(labels, device.memory_used_bytes)
-            ctr_util.add(labels, device.core_used_percent)
+            labels = _device_labels(snapshot.node, view, device)
+            for fam, value in zip(fixed, _device_values(device), strict=True):
+                fam.add(labels, value)
             if elapsed is not None:
                 last_kernel.add(labels, max(0.0, elapsed))
-            context.add(labels, device.context_bytes)
-            module.add(labels, device.module_bytes)
-            buffer.add(labels, device.buffer_bytes)
-    return [used, limit, core_used, core_limit, ctr_memory, ctr_util, last_kernel, context, module, buffer]
+    return families
+
+
+_FIXED_NAMES: Final = tuple(name for i, (name, _) in enumerate(_CONTAINER_FAMILIES) if i != _ELAPSED)
+
+
+def _label_key(node: str, view: ContainerView) -> tuple[object, ...]:
+    """Everything a container's label text depends on."""
+    return (
+        node,
+        view.namespace,
+        view.pod,
+        view.container,
+        tuple((d.vindex, d.host_index, d.uuid) for d in view.devices),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _ContainerText:
+    """One container's rendered lines: per fixed family (bytes), and the line prefixes of every family."""
+
+    view: ContainerView
+    label_key: tuple[object, ...]
+    prefixes: tuple[tuple[str, ...], ...]  # per device: the fixed families' "name{labels} ", then _ELAPSED's
+    fixed: tuple[bytes, ...]
+
+
+def _container_text(node: str, view: ContainerView, old: _ContainerText | None) -> _ContainerText:
+    label_key = _label_key(node, view)
+    if old is not None and old.label_key == label_key:
+        prefixes = old.prefixes
+    else:
+        elapsed_name = _CONTAINER_FAMILIES[_ELAPSED][0]
+        texts = [_device_labels(node, view, device).text for device in view.devices]
+        prefixes = tuple(
+            (*(f"{name}{text} " for name in _FIXED_NAMES), f"{elapsed_name}{text} ") for text in texts
+        )
+    lines = [
+        [
+            prefix + (str(value) if value.__class__ is int else _number(value)) + "\n"
+            for prefix, value in zip(device_prefixes, _device_values(device), strict=False)
+        ]
+        for device, device_prefixes in zip(view.devices, prefixes, strict=True)
+    ]
+    if len(lines) == 1:  # the common case: one GPU
+        fixed = tuple(line.encode() for line in lines[0])
+    else:
+        fixed = tuple("".join(device[i] for device in lines).encode() for i in range(len(_FIXED_NAMES)))
+    return _ContainerText(view, label_key, prefixes, fixed)
+
+
+class _ContainerRenderer:
+    """The container families as text, each container's lines rendered once per change of its view.
+
+    A container whose view equals the last scrape's costs a dict lookup; only the elapsed-time family is
+    formatted at each scrape. The output is byte for byte `render_text(container_families(...))`."""
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[str, str, bool], _ContainerText] = {}
+        self._headers = tuple(
+            f"# HELP {name} {_escape_help(help_text)}\n# TYPE {name} gauge\n".encode()
+            for name, help_text in _CONTAINER_FAMILIES
+        )
+
+    def render(self, snapshot: Snapshot, now: float) -> list[bytes]:
+        old = self._cache
+        cache: dict[tuple[str, str, bool], _ContainerText] = {}
+        node = snapshot.node
+        texts: list[_ContainerText] = []
+        elapsed_lines: list[str] = []
+        for view in snapshot.containers:
+            if not view.attributed:
+                continue
+            key = (view.pod_uid, view.container, view.attributed)
+            text = old.get(key)
+            if text is None or text.label_key[0] != node or (text.view is not view and text.view != view):
+                text = _container_text(node, view, text)
+            cache[key] = text
+            texts.append(text)
+            if view.last_kernel_time > 0:
+                value = _number(max(0.0, now - view.last_kernel_time))
+                elapsed_lines.extend(f"{prefix[-1]}{value}\n" for prefix in text.prefixes)
+        self._cache = cache
+        out: list[bytes] = []
+        headers = self._headers
+        for i in range(_ELAPSED):
+            out.append(headers[i])
+            out.append(b"".join([t.fixed[i] for t in texts]))
+        out.append(headers[_ELAPSED])
+        out.append("".join(elapsed_lines).encode())
+        for i in range(_ELAPSED, len(_CONTAINER_FAMILIES) - 1):
+            out.append(headers[i + 1])
+            out.append(b"".join([t.fixed[i] for t in texts]))
+        return out
 
 
 def host_families(node: str, stats: Sequence[HostGpuStat]) -> list[Family]:
@@ -294,6 +403,8 @@ class MonitorMetrics:
         self._counters = counters
         self._clock = clock
         self._build_info = build_info or build_info_labels()
+        self._containers = _ContainerRenderer()
+        self._render_lock = threading.Lock()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_RegistryBridge(self))
 
@@ -307,7 +418,20 @@ class MonitorMetrics:
         ]
 
     def render(self) -> bytes:
-        """The `/metrics` body (direct writer)."""
+        """The `/metrics` body (direct writer; container lines cached, see _ContainerRenderer)."""
+        snapshot = self._snapshot()
+        with self._render_lock:
+            parts = self._containers.render(snapshot, self._clock())
+        rest = [
+            *host_families(snapshot.node, self._host_stats()),
+            build_info_family(self._build_info),
+            *own_families(self._counters()),
+        ]
+        parts.append(render_text(rest).encode())
+        return b"".join(parts)
+
+    def render_uncached(self) -> bytes:
+        """The same body from freshly built families, without any cache (tests compare the two)."""
         return render_text(self.families()).encode()
 
     def render_with_registry(self) -> bytes:

@@ -73,6 +73,15 @@ class Snapshot:
     containers: tuple[ContainerView, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class _CachedView:
+    pod: PodInfo | None
+    dir_info: DirInfo | None
+    region: RegionReading | None
+    kubelet: tuple[str, ...]
+    view: ContainerView
+
+
 @dataclass(slots=True)
 class MonitorStats:
     stale_removed: int = 0
@@ -210,6 +219,11 @@ class Monitor:
         self.stats = MonitorStats()
         self._lock = threading.Lock()  # one scan / feedback pass at a time
         self._mig_paused = False
+        # The last snapshot's views by (pod UID, container, attributed), with what each was built from: a view
+        # whose inputs are the same objects (frozen PodInfo, cached RegionReading) is reused, not rebuilt.
+        # Replaced whole at each snapshot (no lock: concurrent snapshots each leave a valid cache).
+        self._views: dict[tuple[str, str, bool], _CachedView] = {}
+        self._views_host_index: dict[str, int] | None = None
 
     # --- scan ------------------------------------------------------------------------------------------
 
@@ -256,6 +270,32 @@ class Monitor:
         readings = list(self.store.read_all())
         pods = self.pods.pods()
         host_index = self.host_index()
+        old = self._views if host_index == self._views_host_index else {}
+        cache: dict[tuple[str, str, bool], _CachedView] = {}
+
+        def view_of(
+            pod: PodInfo | None,
+            uid: str,
+            dir_info: DirInfo | None,
+            container: str,
+            region: RegionReading | None,
+            kubelet: tuple[str, ...],
+        ) -> ContainerView:
+            key = (uid, container, pod is not None)
+            hit = old.get(key)
+            if (
+                hit is not None
+                and hit.pod is pod
+                and hit.region is region
+                and hit.dir_info == dir_info
+                and hit.kubelet == kubelet
+            ):
+                cache[key] = hit
+                return hit.view
+            view = build_view(pod, dir_info, container, region, kubelet, host_index)
+            cache[key] = _CachedView(pod, dir_info, region, kubelet, view)
+            return view
+
         by_dir: dict[tuple[str, str], tuple[DirInfo, RegionReading | None]] = {
             (info.pod_uid, info.container): (info, reading) for info, reading in readings
         }
@@ -274,12 +314,13 @@ class Monitor:
                 )
                 if not spec.devices and region is None and not kubelet:
                     continue
-                views.append(build_view(pod, dir_info, spec.name, region, kubelet, host_index))
+                views.append(view_of(pod, uid, dir_info, spec.name, region, kubelet))
         for (uid, container), (dir_info, region) in by_dir.items():
             if region is None or uid in pods:
                 continue  # no cache yet, or a finished init container / a terminal pod
-            views.append(build_view(None, dir_info, container, region, (), host_index))
+            views.append(view_of(None, uid, dir_info, container, region, ()))
         views.sort(key=lambda v: (not v.attributed, v.namespace, v.pod, v.container, v.pod_uid))
+        self._views, self._views_host_index = cache, host_index
         return Snapshot(node=self.node_name, taken_at=self.clock(), containers=tuple(views))
 
     # --- feedback --------------------------------------------------------------------------------------

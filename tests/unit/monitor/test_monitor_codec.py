@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import mmap
+import random
 from dataclasses import replace
+from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.common import shared_region as sr
 from services.monitor import codec
+from services.monitor.fixtures import ProcUse, make_region
 
 
 def _reference(raw: bytes) -> codec.RegionReading:
@@ -96,3 +100,35 @@ def test_decode_matches_parse_region(
         reading, layout = codec.decode(view)
     assert reading == _reference(raw)
     assert layout is region.layout
+
+
+@pytest.mark.parametrize("version", [sr.RegionVersion.V0, sr.RegionVersion.V1])
+def test_redecode_slots_matches_decode(tmp_path: Path, version: sr.RegionVersion) -> None:
+    """The scrape's fast path (header and tail unchanged, slots changed) gives decode's reading."""
+    rng = random.Random(7)
+    gpus = ["GPU-aaaaaaaa-1111-2222-3333-444444444444", "", "GPU-bbbbbbbb-1111-2222-3333-444444444444"]
+
+    def region(nprocs: int) -> bytes:
+        procs = [
+            ProcUse(
+                100 + p,
+                context=[rng.randint(0, 9999) for _ in gpus],
+                module=[rng.randint(0, 99) for _ in gpus],
+                buffer=[rng.randint(0, 99999) for _ in gpus],
+                sm_util=[rng.randint(0, 100) for _ in gpus],
+                status=rng.choice([0, 1, 1]),
+            )
+            for p in range(nprocs)
+        ]
+        made = make_region(
+            gpus, limits=[5, 6, 7], sm_limits=[30, 0, 50], procs=procs, version=version, last_kernel_time=1234
+        )
+        return sr.encode_region(replace(made, proc_num=3))
+
+    path = tmp_path / "r.cache"
+    path.write_bytes(region(3))
+    with open(path, "r+b") as fh, mmap.mmap(fh.fileno(), 0) as view:
+        first, layout = codec.decode(view)
+        for nprocs in (0, 1, 2, 3, 3):
+            view[:] = region(nprocs)
+            assert codec.redecode_slots(view, layout, first) == codec.decode(view)[0]

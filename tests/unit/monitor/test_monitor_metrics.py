@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -227,3 +228,69 @@ async def test_metrics_endpoint(metrics: MonitorMetrics) -> None:
     finally:
         await runner.cleanup()
     assert "hami_vgpu_memory_used_bytes" in parse(body)
+
+
+def test_cached_render_equals_a_fresh_render_after_random_changes(tmp_path: Path) -> None:
+    """`render()` reuses each container's lines while its view is unchanged; after random changes of
+    regions, pods (renames, new allocations, removals), registered GPUs and the clock, it must still give
+    exactly the bytes of a render from freshly built families."""
+    rng = random.Random(20261123)
+    root = tmp_path / "containers"
+    store = RegionStore(root)
+    pods = PodIndex("node-a")
+    gpus = [f"GPU-{i:08x}-1111-2222-3333-444444444444" for i in range(4)]
+    pods.set_registered({g: RegisteredGpu(i, "NVIDIA-A100") for i, g in enumerate(gpus)})
+    uids = [f"33333333-0000-4000-8000-{i:012d}" for i in range(12)]
+    clock = [NOW]
+    monitor = Monitor("node-a", store, pods, clock=lambda: clock[0])
+    m = MonitorMetrics(
+        monitor.snapshot,
+        lambda: [],
+        lambda: MonitorCounters({}, store.open_count(), len(store.dirs()), 0, 0),
+        clock=lambda: clock[0],
+    )
+
+    def pod_list() -> list[Any]:
+        out = []
+        for i, uid in enumerate(uids):
+            if rng.random() < 0.15:
+                continue  # gone (or not known yet)
+            devs = rng.sample(gpus, rng.randint(1, 2))
+            alloc = ":".join(f"{g},NVIDIA,{rng.choice([1000, 2000])},{rng.choice([0, 30])}" for g in devs)
+            out.append(pod(uid, f"job-{i}-{rng.randint(0, 1)}", alloc + ":;"))
+        return out
+
+    for round_ in range(12):
+        if round_ % 3 == 0:
+            pods.replace(pod_list())
+        if round_ % 4 == 1:
+            chosen = rng.sample(gpus, 3)
+            pods.set_registered({g: RegisteredGpu(rng.randint(0, 7), "NVIDIA-A100") for g in chosen})
+        for uid in uids:
+            if rng.random() < 0.5:
+                devs = rng.sample(gpus, rng.randint(1, 2))
+                write_cache(
+                    root,
+                    uid,
+                    "main",
+                    make_region(
+                        devs,
+                        limits=[rng.randint(1, 4000) * MIB for _ in devs],
+                        sm_limits=[rng.choice([0, 30, 100]) for _ in devs],
+                        procs=[
+                            ProcUse(
+                                rng.randint(1, 99),
+                                context=[rng.randint(0, 500) for _ in devs],
+                                buffer=[rng.randint(0, 5000) for _ in devs],
+                                sm_util=[rng.randint(0, 100) for _ in devs],
+                            )
+                        ],
+                        last_kernel_time=rng.choice([0, int(NOW) - rng.randint(0, 100)]),
+                    ),
+                )
+        monitor.scan()
+        clock[0] += rng.choice([0.0, 0.5, 7.25])
+        for _ in range(2):  # the second render hits the cache everywhere
+            assert m.render() == m.render_uncached()
+    assert "hami_vgpu_memory_used_bytes{" in m.render().decode()
+    store.close()
