@@ -626,15 +626,17 @@ async def _serve(args: argparse.Namespace, access: KubeAccess) -> int:
         resources=args.resource or ["nvidia.com/gpu"],
         admission_timeout=args.admission_timeout,
     )
-    await kubelet.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     restarts: asyncio.Queue[None] = asyncio.Queue()
+    # Handlers before kubelet.sock exists: a SIGHUP sent as soon as the socket appears must restart the
+    # stand-in, not kill it with the default action.
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     with contextlib.suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGHUP, restarts.put_nowait, None)
+    await kubelet.start()
     try:
         while not stop.is_set():
             waiter = asyncio.create_task(stop.wait())
