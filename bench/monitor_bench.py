@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,18 +36,13 @@ from services.common import shared_region as sr
 from services.common import wire
 from services.common.kube import KubeAccess, new_api_client
 from services.kubelocal.server import KubeLocalThread
+from services.local.suite import free_port
 from services.monitor.fixtures import MIB, ProcUse, make_region
 
 NODE = "bench-node"
 GPUS = [f"GPU-{i:08x}-5c87-89ac-b1a6-7b53aa24b0ec" for i in range(16)]
 BLOCK = 4096
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_sparse(path: Path, data: bytes) -> None:

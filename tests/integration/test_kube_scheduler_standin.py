@@ -10,7 +10,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from kubernetes import client
 
 from services.local.kube_scheduler import KubeSchedulerStandIn
 from services.local.kube_scheduler_config import parse_scheduler_config
+from services.local.suite import free_port
 
 Obj = dict[str, Any]
 NVIDIA = ["nvidia.com/gpu", "nvidia.com/gpumem", "nvidia.com/gpucores"]
@@ -35,12 +35,6 @@ def make_api(url: str) -> client.ApiClient:
     cfg = client.Configuration()
     cfg.host = url
     return client.ApiClient(cfg)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def add_node(

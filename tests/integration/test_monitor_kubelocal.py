@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ from kubevgpu.monitor.v1 import monitor_service_pb2_grpc as pb_grpc
 from services.common import shared_region as sr
 from services.common import wire
 from services.common.kube import KubeAccess, new_api_client
+from services.local.suite import free_port
 from services.monitor.config import MonitorConfig
 from services.monitor.fixtures import MIB, ProcUse, make_region, write_cache
 from services.monitor.runtime import MonitorRuntime
@@ -90,12 +90,6 @@ async def eventually_metrics(port: int, check: Callable[[Families], bool], what:
             return fams
         await asyncio.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def aged(path: Path, seconds: float) -> Path:

@@ -3,7 +3,6 @@ errors, resync, selectors, handler failures and a prompt stop()."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +14,7 @@ from kubernetes import client
 from services.common.kube import KubeAccess, new_api_client
 from services.common.reflector import Reflector, object_key
 from services.kubelocal.server import KubeLocalThread
+from services.local.suite import free_port
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
@@ -198,12 +198,6 @@ def test_resync_lists_again(core: client.CoreV1Api, reflectors: list[Reflector])
     # An unchanged object is not reported again by a re-list.
     assert recorder.events.count(("ADDED", "n1")) == 1
     assert ("MODIFIED", "n1") not in recorder.events
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_connection_errors_back_off_and_recover(reflectors: list[Reflector]) -> None:
