@@ -34,7 +34,7 @@ from kubernetes.client.exceptions import ApiException
 
 from services.common import wire
 from services.common.codecs import WireFormatError, encode_pod_single_device
-from services.common.kube import raw_json
+from services.common.kube import call_json, core_path
 from services.common.log import get_logger
 from services.common.resources import NvidiaRequestConfig
 from services.scheduler.cache import Reservation, UsageCache
@@ -156,6 +156,50 @@ def _api_error(exc: ApiException) -> str:
     return str(message or f"{exc.status} {exc.reason}")
 
 
+class RecentPods:
+    """The pods kube-scheduler just filtered, by UID, for the bind that follows within the same scheduling
+    cycle: the bind starts from that copy instead of a GET. The copy is only trusted through the
+    resourceVersion precondition of the bind's pod patch (a 409 sends the bind back to a fresh read), so a
+    stale or forged copy cannot place a pod on outdated facts. Bounded in count and age."""
+
+    def __init__(self, limit: int = 1024, max_age: float = 60.0) -> None:
+        self._limit = max(1, limit)
+        self._max_age = max_age
+        self._pods: dict[str, tuple[Mapping[str, Any], float]] = {}
+
+    def __len__(self) -> int:
+        return len(self._pods)
+
+    def remember(self, pod: Mapping[str, Any]) -> None:
+        metadata = pod.get("metadata")
+        if not isinstance(metadata, Mapping):
+            return
+        uid, rv = metadata.get("uid"), metadata.get("resourceVersion")
+        if not isinstance(uid, str) or not uid or not isinstance(rv, str) or not rv:
+            return  # without a resourceVersion the copy could not be checked at patch time
+        self._pods.pop(uid, None)
+        if len(self._pods) >= self._limit:
+            del self._pods[next(iter(self._pods))]  # the oldest entry (dicts keep insertion order)
+        self._pods[uid] = (pod, time.monotonic())
+
+    def take(self, namespace: str, name: str, uid: str) -> Mapping[str, Any] | None:
+        """The filtered copy of pod `uid` when it is that namespace/name and recent enough; forgotten then."""
+        entry = self._pods.pop(uid, None) if uid else None
+        if entry is None:
+            return None
+        pod, seen = entry
+        metadata = pod.get("metadata")
+        if time.monotonic() - seen > self._max_age or not isinstance(metadata, Mapping):
+            return None
+        if metadata.get("namespace", "default") != namespace or metadata.get("name") != name:
+            return None
+        return pod
+
+
+class _StalePod(Exception):
+    """The pod changed since the copy the bind started from (the patch's resourceVersion precondition)."""
+
+
 @dataclass
 class _Progress:
     lock_attempted: bool = False
@@ -182,7 +226,7 @@ class Binder:
         is_leader: Callable[[], bool] = lambda: True,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self._core = core
+        self._api = core.api_client
         self._cache = cache
         self._locks = locks
         self._events = events
@@ -191,6 +235,7 @@ class Binder:
         self._lock_wait = lock_wait_seconds
         self._is_leader = is_leader
         self._clock = clock
+        self.recent_pods = RecentPods()
         self._guards: dict[str, asyncio.Lock] = {}
         self._held: dict[str, tuple[str, str]] = {}  # node -> pod holding its lock during a bind under way
         self._inflight: set[asyncio.Task[Any]] = set()
@@ -199,11 +244,12 @@ class Binder:
     # --- API calls (blocking, run through asyncio.to_thread) ------------------------------------------------
 
     def _read_pod(self, namespace: str, name: str) -> dict[str, Any]:
-        data: dict[str, Any] = raw_json(self._core.read_namespaced_pod, name, namespace)
+        data: dict[str, Any] = call_json(self._api, "GET", core_path("pods", name, namespace=namespace))
         return data
 
     def _pods_on_node(self, node: str) -> list[dict[str, Any]]:
-        pods = raw_json(self._core.list_pod_for_all_namespaces, label_selector=f"{wire.VGPU_NODE}={node}")
+        query = [("labelSelector", f"{wire.VGPU_NODE}={node}")]
+        pods = call_json(self._api, "GET", core_path("pods"), query=query)
         items: list[dict[str, Any]] = pods.get("items") or []
         return items
 
@@ -220,9 +266,8 @@ class Binder:
             return None
 
     def _patch_pod(self, namespace: str, name: str, body: dict[str, Any]) -> None:
-        self._core.patch_namespaced_pod(
-            name, namespace, body, _content_type=MERGE_PATCH, _preload_content=False
-        )
+        path = core_path("pods", name, namespace=namespace)
+        call_json(self._api, "PATCH", path, body=body, content_type=MERGE_PATCH)
 
     def _post_binding(self, namespace: str, name: str, uid: str, node: str) -> None:
         body: Any = {
@@ -231,8 +276,9 @@ class Binder:
             "metadata": {"name": name, "namespace": namespace, **({"uid": uid} if uid else {})},
             "target": {"apiVersion": "v1", "kind": "Node", "name": node},
         }
-        # The API server answers a Status, which the client cannot decode as a V1Binding: read it raw.
-        self._core.create_namespaced_pod_binding(name, namespace, body, _preload_content=False)
+        call_json(
+            self._api, "POST", core_path("pods", name, namespace=namespace, subresource="binding"), body=body
+        )
 
     # --- the verb -------------------------------------------------------------------------------------------
 
@@ -256,7 +302,9 @@ class Binder:
         if not self._is_leader():
             return "this scheduler replica is not the leader; only the leader binds"
         try:
-            pod = await offload(self._read_pod, args.pod_namespace, args.pod_name)
+            pod = self.recent_pods.take(args.pod_namespace, args.pod_name, args.pod_uid)
+            if pod is None:
+                pod = await offload(self._read_pod, args.pod_namespace, args.pod_name)
         except ApiException as exc:
             error = f"failed to get pod {args.pod_namespace}/{args.pod_name}: {_api_error(exc)}"
             self._events.record(pod_ref, [EventText(WARNING, "BindingFailed", error)])
@@ -288,7 +336,7 @@ class Binder:
                 )
             else:
                 try:
-                    error = await self._bind_gpu_pod(args, uid, started, log_ctx)
+                    error = await self._bind_gpu_pod(args, pod, uid, started, log_ctx)
                 finally:
                     guard.release()
         if error:
@@ -317,15 +365,33 @@ class Binder:
             return f"failed to bind pod {args.pod_namespace}/{args.pod_name}: {exc}"
         return ""
 
-    async def _bind_gpu_pod(self, args: BindArgs, uid: str, started: float, log_ctx: Any) -> str:
+    async def _bind_gpu_pod(
+        self, args: BindArgs, pod: Mapping[str, Any], uid: str, started: float, log_ctx: Any
+    ) -> str:
+        """Bind from `pod` (the filtered copy or a GET); when the pod moved on since that copy (a duplicate
+        request for it may have bound it meanwhile), once more from a fresh read."""
+        try:
+            return await self._bind_gpu_pod_from(args, pod, uid, started, log_ctx)
+        except _StalePod:
+            log_ctx.debug("bind_pod_changed_rereading")
+        ns, name = args.pod_namespace, args.pod_name
+        try:
+            fresh = await offload(self._read_pod, ns, name)
+        except Exception as exc:
+            return _describe(exc, ns, name, args.node)
+        if str((fresh.get("metadata") or {}).get("uid") or "") != uid:
+            return f"pod {ns}/{name} was replaced while waiting to bind"
+        try:
+            return await self._bind_gpu_pod_from(args, fresh, uid, started, log_ctx)
+        except _StalePod:
+            return f"pod {ns}/{name} kept changing while binding; try again"
+
+    async def _bind_gpu_pod_from(
+        self, args: BindArgs, pod: Mapping[str, Any], uid: str, started: float, log_ctx: Any
+    ) -> str:
         ns, name, node = args.pod_namespace, args.pod_name, args.node
         progress = _Progress()
         try:
-            # Read again now that no other bind of this process onto the node is running: a duplicate
-            # request for this pod may just have bound it.
-            pod = await offload(self._read_pod, ns, name)
-            if str((pod.get("metadata") or {}).get("uid") or "") != uid:
-                raise BindError(f"pod {ns}/{name} was replaced while waiting to bind")
             done = already_bound(pod, node, gpu=True)
             if done is not None:
                 return done
@@ -368,12 +434,18 @@ class Binder:
             progress.before_annotations = _str_map(metadata.get("annotations"))
             progress.before_labels = _str_map(metadata.get("labels"))
             progress.written = annotations
-            await offload(
-                self._patch_pod,
-                ns,
-                name,
-                {"metadata": {"annotations": annotations, "labels": {wire.VGPU_NODE: node}}},
-            )
+            patch_meta: dict[str, Any] = {"annotations": annotations, "labels": {wire.VGPU_NODE: node}}
+            if metadata.get("resourceVersion"):
+                # The precondition: the patch applies only to the pod as this bind saw it.
+                patch_meta["resourceVersion"] = str(metadata["resourceVersion"])
+            patch = {"metadata": patch_meta}
+            try:
+                await offload(self._patch_pod, ns, name, patch)
+            except ApiException as exc:
+                if exc.status == 409:
+                    progress.written = None  # refused as a whole: nothing to revert
+                    raise _StalePod() from None
+                raise
             try:
                 await offload(self._post_binding, ns, name, uid, node)
             except Exception:
@@ -390,7 +462,7 @@ class Binder:
             if isinstance(exc, LockError):
                 progress.lock_attempted = False  # the lock was never ours: nothing to release
             await asyncio.shield(self._rollback(ns, name, uid, node, progress, log_ctx))
-            if not isinstance(exc, Exception):
+            if not isinstance(exc, Exception) or isinstance(exc, _StalePod):
                 raise
             return error
         finally:

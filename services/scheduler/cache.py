@@ -269,6 +269,21 @@ class NodeState:
     # The device plugin re-registered while the kubelet shows no GPUs: the leader restarts the grace period
     # with a fresh handshake request (sticky until the handshake value changes).
     refresh_handshake: bool = False
+    resource_version: str = ""
+
+    def schedules_like(self, other: NodeState) -> bool:
+        """Whether fitting reads the same from both: they differ at most in the node lock annotation (taken
+        and released around every bind) and the resourceVersion, which no snapshot depends on."""
+        return (
+            self.register == other.register
+            and self.devices == other.devices
+            and self.decode_error == other.decode_error
+            and self.allocatable == other.allocatable
+            and self.dropped == other.dropped
+            and self.refresh_handshake == other.refresh_handshake
+            and self.labels == other.labels
+            and _without_lock(self.annotations) == _without_lock(other.annotations)
+        )
 
     @property
     def steady_health(self) -> NodeHealth | None:
@@ -296,13 +311,22 @@ class NodeState:
         return self.annotations.get(wire.NODE_HANDSHAKE)
 
 
+def _without_lock(annotations: Mapping[str, str]) -> Mapping[str, str]:
+    if wire.NODE_LOCK not in annotations:
+        return annotations
+    return {k: v for k, v in annotations.items() if k != wire.NODE_LOCK}
+
+
 def node_state_from_object(node: Mapping[str, Any], previous: NodeState | None = None) -> NodeState:
     metadata = _meta(node)
     annotations = _str_map(metadata.get("annotations"))
     register = annotations.get(wire.NODE_NVIDIA_REGISTER)
     devices: tuple[DeviceInfo, ...] = ()
     error: str | None = None
-    if register is not None:
+    if previous is not None and register is not None and register == previous.register:
+        # Unchanged registration (the common node update: a lock or handshake write): no decode.
+        devices, error = previous.devices, previous.decode_error
+    elif register is not None:
         try:
             devices = tuple(decode_node_devices(register))
         except WireFormatError as exc:
@@ -327,6 +351,7 @@ def node_state_from_object(node: Mapping[str, Any], previous: NodeState | None =
             previous.dropped if previous else False, prev_alloc, allocatable, prev_register, register
         ),
         refresh_handshake=refresh and not (allocatable is not None and allocatable > 0),
+        resource_version=str(metadata.get("resourceVersion") or ""),
     )
 
 
@@ -395,12 +420,17 @@ class UsageCache:
         if not isinstance(name, str) or not name:
             return
         with self._lock:
+            previous = self._nodes.get(name)
+            state = None if event_type == _DELETED else node_state_from_object(node, previous)
+            if state is not None and previous is not None and state.schedules_like(previous):
+                # A lock taken or released: snapshots, memoised verdicts and outcomes all stay valid.
+                self._nodes[name] = state
+                return
             self.generation += 1
             self._touch(name)
-            if event_type == _DELETED:
+            if state is None:
                 self._nodes.pop(name, None)
                 return
-            state = node_state_from_object(node, self._nodes.get(name))
             if state.decode_error is not None:
                 log.warning("node_register_undecodable", node=name, error=state.decode_error)
             self._nodes[name] = state
@@ -527,6 +557,14 @@ class UsageCache:
     def node_state(self, name: str) -> NodeState | None:
         with self._lock:
             return self._nodes.get(name)
+
+    def node_lock_view(self, name: str) -> tuple[str | None, str] | None:
+        """The node's lock annotation and resourceVersion as the watch last showed them (None: unknown)."""
+        with self._lock:
+            state = self._nodes.get(name)
+        if state is None or not state.resource_version:
+            return None
+        return state.annotations.get(wire.NODE_LOCK), state.resource_version
 
     def handshake_due(self) -> list[str]:
         """Nodes (with a register annotation) whose handshake the leader should (re)write."""

@@ -13,6 +13,7 @@ from typing import Any
 
 from kubernetes import client
 
+from services.common.kube import call_json, core_path
 from services.common.log import get_logger
 from services.scheduler.filtering import EventText
 
@@ -153,18 +154,13 @@ class EventRecorder:
                         self._cond.notify_all()
 
     def _post(self, item: _Pending) -> None:
-        core = self._core
-        assert core is not None
         body = event_body(item.pod, item.event, self._component, item.first, secrets.token_hex(8))
         if item.count > 1:
             body["count"] = item.count
             body["lastTimestamp"] = _rfc3339(item.last)
         namespace = body["metadata"]["namespace"]
-        payload: Any = body
         try:
-            # Raw: the created Event is not needed, so the client's model decoding is skipped.
-            response: Any = core.create_namespaced_event(namespace, payload, _preload_content=False)
-            response.release_conn()
+            self._send(namespace, body)
             self.posted += 1
         except Exception as exc:  # events are best effort: never let one break a verb
             self.failed += 1
@@ -174,6 +170,11 @@ class EventRecorder:
                 reason=body["reason"],
                 error=str(exc),
             )
+
+    def _send(self, namespace: str, body: dict[str, Any]) -> None:
+        """POST one Event (the answer is read whole, so its connection goes back to the pool)."""
+        assert self._core is not None
+        call_json(self._core.api_client, "POST", core_path("events", namespace=namespace), body=body)
 
     def _idle(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout

@@ -37,6 +37,7 @@ from services.scheduler.extender_api import (
     bind_result,
     decode_bind_args,
     decode_extender_args,
+    encode_priority_list,
     filter_result,
     node_name,
     priority_list,
@@ -228,6 +229,8 @@ class Extender:
             return filter_result(node_names=args.node_names)
         if not await self._wait_ready():
             return filter_result(error=self._not_ready_error)
+        if self._binder is not None:
+            self._binder.recent_pods.remember(args.pod)
         try:
             outcome = self._evaluate(ctx, args)
         except PodAnnotationError as exc:
@@ -274,14 +277,14 @@ class Extender:
                 return web.json_response(priority_list({}, names))
             reused = self._filter_scores(ctx, args)
             if reused is not None:
-                return _json(json.dumps(priority_list(reused, names)))
+                return _json(encode_priority_list(reused, names))
             try:
                 outcome = self._evaluate(ctx, args)
             except PodAnnotationError as exc:
                 return web.json_response({"Error": str(exc)}, status=400)
             answer = outcome.derived.get("prioritize")
             if answer is None:
-                answer = json.dumps(priority_list(outcome.priorities(), names))
+                answer = encode_priority_list(outcome.priorities(), names)
                 if args.nodes is None:  # the outcome (and so this answer) is reused only for the same names
                     outcome.derived["prioritize"] = answer
             return _json(answer)

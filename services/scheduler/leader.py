@@ -30,6 +30,7 @@ from typing import Any
 from kubernetes import client
 
 from services.common import wire
+from services.common.kube import call_json, core_path
 from services.common.log import get_logger
 from services.scheduler.offload import offload
 
@@ -150,12 +151,12 @@ def pod_role_labeller(core: client.CoreV1Api, namespace: str, name: str) -> Call
     async def label(leader: bool) -> bool:
         try:
             await offload(
-                core.patch_namespaced_pod,
-                name,
-                namespace,
-                role_label_patch(leader),
-                _content_type=_MERGE_PATCH,
-                _preload_content=False,
+                call_json,
+                core.api_client,
+                "PATCH",
+                core_path("pods", name, namespace=namespace),
+                body=role_label_patch(leader),
+                content_type=_MERGE_PATCH,
             )
         except Exception as exc:  # retried on the next check
             log.warning("scheduler_role_label_failed", pod=f"{namespace}/{name}", error=str(exc))

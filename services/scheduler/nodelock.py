@@ -27,7 +27,7 @@ from kubernetes.client.exceptions import ApiException
 
 from services.common import wire
 from services.common.codecs import WireFormatError, encode_node_lock, parse_node_lock
-from services.common.kube import raw_json
+from services.common.kube import call_json, core_path
 from services.common.log import get_logger
 from services.common.model import NodeLock
 from services.scheduler.offload import offload
@@ -160,8 +160,13 @@ class NodeLocks:
         clock: Callable[[], datetime] = utc_now,
         poll_initial: float = 0.02,
         poll_max: float = 0.25,
+        node_view: Callable[[str], tuple[str | None, str] | None] | None = None,
     ) -> None:
-        self._core = core
+        self._api = core.api_client
+        # The watch cache's (lock value, resourceVersion) of a node: the first attempt of an acquire decides
+        # from it and writes with its resourceVersion, saving a GET per bind; a stale view only costs the
+        # 409 that sends the next attempt to the API.
+        self._node_view = node_view
         self._ttl = timedelta(seconds=ttl_seconds)
         self._clock = clock
         self._poll_initial = poll_initial
@@ -170,12 +175,12 @@ class NodeLocks:
     # --- raw API calls (blocking; called through asyncio.to_thread) -----------------------------------------
 
     def _read_node(self, node: str) -> dict[str, Any]:
-        data: dict[str, Any] = raw_json(self._core.read_node, node)
+        data: dict[str, Any] = call_json(self._api, "GET", core_path("nodes", node))
         return data
 
     def _read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            data: dict[str, Any] = raw_json(self._core.read_namespaced_pod, name, namespace)
+            data: dict[str, Any] = call_json(self._api, "GET", core_path("pods", name, namespace=namespace))
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -184,7 +189,7 @@ class NodeLocks:
 
     def _write(self, node: str, value: str | None, resource_version: str) -> None:
         body = {"metadata": {"annotations": {wire.NODE_LOCK: value}, "resourceVersion": resource_version}}
-        self._core.patch_node(node, body, _content_type=MERGE_PATCH, _preload_content=False)
+        call_json(self._api, "PATCH", core_path("nodes", node), body=body, content_type=MERGE_PATCH)
 
     # --- protocol -------------------------------------------------------------------------------------------
 
@@ -197,13 +202,21 @@ class NodeLocks:
         deadline = (time.monotonic() if started is None else started) + wait_seconds
         delay = self._poll_initial
         failures = 0
+        view = self._node_view(node) if self._node_view is not None else None
         while True:
             try:
-                obj = await offload(self._read_node, node)
-                value = _annotations(obj).get(wire.NODE_LOCK)
+                from_view = view is not None
+                if view is not None:
+                    value, resource_version = view
+                    view = None
+                else:
+                    obj = await offload(self._read_node, node)
+                    value, resource_version = _annotations(obj).get(wire.NODE_LOCK), _resource_version(obj)
                 state = inspect_lock(
                     value if isinstance(value, str) else None, namespace, name, self._clock(), self._ttl
                 )
+                if from_view and not state.takeable:
+                    continue  # only a write proves the view current: read before waiting on it or trusting it
                 if state.verdict is LockVerdict.MINE:
                     return
                 take = state.takeable
@@ -219,10 +232,7 @@ class NodeLocks:
                         log.info("node_lock_takeover", node=node, previous=value, why=why)
                     try:
                         await offload(
-                            self._write,
-                            node,
-                            lock_value(namespace, name, self._clock()),
-                            _resource_version(obj),
+                            self._write, node, lock_value(namespace, name, self._clock()), resource_version
                         )
                         return
                     except ApiException as exc:

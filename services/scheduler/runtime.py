@@ -28,7 +28,7 @@ from services.common import wire
 from services.common.config import split_host_port
 from services.common.device_config import DeviceConfig
 from services.common.grpc_server import GrpcServerHandle, ServiceRegistration, build_server
-from services.common.kube import KubeAccessError, describe_access, new_api_client
+from services.common.kube import KubeAccessError, call_json, core_path, describe_access, new_api_client
 from services.common.log import get_logger
 from services.common.reflector import Reflector
 from services.scheduler.bind import Binder
@@ -141,7 +141,12 @@ class SchedulerRuntime:
             self.events = EventRecorder(
                 self.core, cfg.scheduler_name, enabled=cfg.emit_events, clock=self._clock
             )
-            self.locks = NodeLocks(self.core, ttl_seconds=cfg.node_lock_ttl_seconds, clock=self._clock)
+            self.locks = NodeLocks(
+                self.core,
+                ttl_seconds=cfg.node_lock_ttl_seconds,
+                clock=self._clock,
+                node_view=self.cache.node_lock_view,
+            )
             self.binder = Binder(
                 self.core,
                 self.cache,
@@ -351,7 +356,14 @@ class SchedulerRuntime:
         for node in self.cache.handshake_due():
             body = {"metadata": {"annotations": {wire.NODE_HANDSHAKE: handshake_value(self._clock())}}}
             try:
-                await offload(core.patch_node, node, body, _content_type=MERGE_PATCH, _preload_content=False)
+                await offload(
+                    call_json,
+                    core.api_client,
+                    "PATCH",
+                    core_path("nodes", node),
+                    body=body,
+                    content_type=MERGE_PATCH,
+                )
             except Exception as exc:
                 log.warning("handshake_write_failed", node=node, error=str(exc))
 

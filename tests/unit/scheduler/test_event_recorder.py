@@ -13,11 +13,6 @@ POD = {"namespace": "default", "name": "p", "uid": "u-1"}
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
-class _Response:
-    def release_conn(self) -> None:
-        pass
-
-
 class FakeCore:
     def __init__(self, gate: threading.Event | None = None, fail: bool = False) -> None:
         self.posted: list[tuple[str, dict[str, Any]]] = []
@@ -25,19 +20,29 @@ class FakeCore:
         self.fail = fail
         self.threads: set[str] = set()
 
-    def create_namespaced_event(self, namespace: str, body: Any, **kwargs: Any) -> _Response:
-        assert kwargs == {"_preload_content": False}
+    def post(self, namespace: str, body: Any) -> None:
         self.threads.add(threading.current_thread().name)
         if self.gate is not None:
             self.gate.wait(5)
         if self.fail:
             raise OSError("connection refused")
         self.posted.append((namespace, body))
-        return _Response()
+
+
+class _Recorder(EventRecorder):
+    """The recorder with its one API call answered by `FakeCore` (the posting itself runs against
+    kube-local in the scheduler's integration tests)."""
+
+    def __init__(self, core: FakeCore, component: str, **kwargs: Any) -> None:
+        super().__init__(core, component, **kwargs)  # type: ignore[arg-type]
+        self.fake = core
+
+    def _send(self, namespace: str, body: dict[str, Any]) -> None:
+        self.fake.post(namespace, body)
 
 
 def _recorder(core: FakeCore, **kwargs: Any) -> EventRecorder:
-    return EventRecorder(core, "vgpu-scheduler", clock=lambda: NOW, batch_delay=0.0, **kwargs)  # type: ignore[arg-type]
+    return _Recorder(core, "vgpu-scheduler", clock=lambda: NOW, batch_delay=0.0, **kwargs)
 
 
 async def test_events_are_posted_by_the_worker_thread() -> None:
@@ -57,7 +62,7 @@ async def test_events_are_posted_by_the_worker_thread() -> None:
 async def test_identical_events_are_coalesced_and_overflow_is_dropped() -> None:
     gate = threading.Event()
     core = FakeCore(gate)
-    recorder = EventRecorder(core, "s", clock=lambda: NOW, batch_delay=1.0, max_pending=2)  # type: ignore[arg-type]
+    recorder = _Recorder(core, "s", clock=lambda: NOW, batch_delay=1.0, max_pending=2)
     event = EventText(WARNING, "FilteringFailed", "no node")
     recorder.record(POD, [event, event, event])
     recorder.record({**POD, "name": "q", "uid": "u-2"}, [event])
@@ -79,7 +84,7 @@ async def test_a_failed_post_is_counted_and_drain_returns() -> None:
 
 async def test_disabled_recorder_posts_nothing() -> None:
     core = FakeCore()
-    recorder = EventRecorder(core, "s", enabled=False)  # type: ignore[arg-type]
+    recorder = _Recorder(core, "s", enabled=False)
     recorder.record(POD, [EventText(NORMAL, "x", "y")])
     await recorder.drain()
     assert core.posted == []
