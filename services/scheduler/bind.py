@@ -371,26 +371,32 @@ class Binder:
         """Bind from `pod` (the filtered copy or a GET); when the pod moved on since that copy (a duplicate
         request for it may have bound it meanwhile), once more from a fresh read."""
         try:
-            return await self._bind_gpu_pod_from(args, pod, uid, started, log_ctx)
+            return await self._bind_gpu_pod_from(args, pod, uid, started, log_ctx, fresh=False)
         except _StalePod:
             log_ctx.debug("bind_pod_changed_rereading")
         ns, name = args.pod_namespace, args.pod_name
         try:
-            fresh = await offload(self._read_pod, ns, name)
+            current = await offload(self._read_pod, ns, name)
         except Exception as exc:
             return _describe(exc, ns, name, args.node)
-        if str((fresh.get("metadata") or {}).get("uid") or "") != uid:
+        if str((current.get("metadata") or {}).get("uid") or "") != uid:
             return f"pod {ns}/{name} was replaced while waiting to bind"
         try:
-            return await self._bind_gpu_pod_from(args, fresh, uid, started, log_ctx)
+            return await self._bind_gpu_pod_from(args, current, uid, started, log_ctx, fresh=True)
         except _StalePod:
             return f"pod {ns}/{name} kept changing while binding; try again"
 
     async def _bind_gpu_pod_from(
-        self, args: BindArgs, pod: Mapping[str, Any], uid: str, started: float, log_ctx: Any
+        self, args: BindArgs, pod: Mapping[str, Any], uid: str, started: float, log_ctx: Any, *, fresh: bool
     ) -> str:
+        """One bind attempt from `pod`. Unless the copy was just read (`fresh`), signs that an earlier bind
+        of this pod got further than the copy shows (the cache counts the pod; its node lock is already the
+        pod's) raise `_StalePod` before anything of that bind's is touched: its reservation and the lock it
+        left for the device plugin must survive this attempt's rollback."""
         ns, name, node = args.pod_namespace, args.pod_name, args.node
         progress = _Progress()
+        if not fresh and self._cache.holds(uid):
+            raise _StalePod()
         try:
             done = already_bound(pod, node, gpu=True)
             if done is not None:
@@ -399,10 +405,15 @@ class Binder:
             if ctx.app_requests_gpu:
                 self._held[node] = (ns, name)
                 progress.lock_attempted = True
-                await self._locks.acquire(node, ns, name, wait_seconds=self._lock_wait, started=started)
+                wrote = await self._locks.acquire(
+                    node, ns, name, wait_seconds=self._lock_wait, started=started
+                )
+                if not wrote and not fresh:
+                    progress.lock_attempted = False  # an earlier bind's lock: not this attempt's to release
+                    raise _StalePod()
                 progress.lock_taken = True
-            fresh = await offload(self._pods_on_node, node)
-            snapshot = self._cache.snapshot(node, exclude_uid=uid, fresh_pods=fresh)
+            on_node = await offload(self._pods_on_node, node)
+            snapshot = self._cache.snapshot(node, exclude_uid=uid, fresh_pods=on_node)
             if snapshot is None:
                 health = self._cache.health(node)
                 why = health.reason if health is not None else "node unregistered"

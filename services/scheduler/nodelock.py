@@ -195,9 +195,10 @@ class NodeLocks:
 
     async def acquire(
         self, node: str, namespace: str, name: str, *, wait_seconds: float, started: float | None = None
-    ) -> None:
+    ) -> bool:
         """Take the lock for pod `namespace/name`, waiting while another live pod holds it until
-        `wait_seconds` after `started` (a `time.monotonic()` value; default now). Raises `LockError`
+        `wait_seconds` after `started` (a `time.monotonic()` value; default now). True when this call wrote
+        the lock, False when the pod already held it (an earlier bind of the same pod). Raises `LockError`
         (contention timeout, node missing, API failing)."""
         deadline = (time.monotonic() if started is None else started) + wait_seconds
         delay = self._poll_initial
@@ -218,7 +219,7 @@ class NodeLocks:
                 if from_view and not state.takeable:
                     continue  # only a write proves the view current: read before waiting on it or trusting it
                 if state.verdict is LockVerdict.MINE:
-                    return
+                    return False
                 take = state.takeable
                 why = state.detail
                 if not take and state.lock is not None and not state.lock.is_legacy:
@@ -234,7 +235,7 @@ class NodeLocks:
                         await offload(
                             self._write, node, lock_value(namespace, name, self._clock()), resource_version
                         )
-                        return
+                        return True
                     except ApiException as exc:
                         if exc.status != 409:
                             raise

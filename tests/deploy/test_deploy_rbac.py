@@ -132,8 +132,46 @@ def calls_in(paths: Iterable[Path]) -> dict[str, bool]:
     return used
 
 
+_HTTP_VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch"}
+
+
+def raw_calls_in(paths: Iterable[Path]) -> set[Grant]:
+    """What the `call_json(api, "<METHOD>", core_path("<resource>", [name], subresource=...))` calls need
+    (the hot paths send requests through the client's REST layer rather than its generated methods)."""
+    grants: set[Grant] = set()
+    for file in python_files(paths):
+        for node in ast.walk(ast.parse(file.read_text(), str(file))):
+            if not isinstance(node, ast.Call):
+                continue
+            for before, arg in zip(node.args, node.args[1:], strict=False):
+                if not (
+                    isinstance(arg, ast.Call)
+                    and getattr(arg.func, "id", None) == "core_path"
+                    and isinstance(before, ast.Constant)
+                    and before.value in ("GET", "POST", "PUT", "PATCH", "DELETE")
+                ):
+                    continue
+                first = arg.args[0]
+                assert isinstance(first, ast.Constant), f"{file}: core_path with a computed resource"
+                named = len(arg.args) > 1
+                sub = [k.value for k in arg.keywords if k.arg == "subresource"]
+                assert all(isinstance(v, ast.Constant) for v in sub), f"{file}: computed subresource"
+                resource = str(first.value) + "".join(
+                    f"/{v.value}" for v in sub if isinstance(v, ast.Constant)
+                )
+                method = str(before.value)
+                if method == "GET":
+                    verb = "get" if named else "list"
+                elif method == "DELETE":
+                    verb = "delete" if named else "deletecollection"
+                else:
+                    verb = _HTTP_VERBS[method]
+                grants.add(("", resource, verb))
+    return grants
+
+
 def needs_of(service: str) -> set[Grant]:
-    needs: set[Grant] = set()
+    needs: set[Grant] = raw_calls_in(SERVICE_CODE[service])
     for method, watched in calls_in(SERVICE_CODE[service]).items():
         needs |= grant_of(method, watch=watched)
     return needs
