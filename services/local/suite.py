@@ -8,6 +8,7 @@ configs are written to `<run dir>/config/`. Ports are picked free at start so tw
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import socket
@@ -102,6 +103,17 @@ def wait_until(
         time.sleep(0.1)
     tail = f"; last log lines:\n{process.tail()}" if process is not None else ""
     raise SuiteError(f"{what} not ready after {timeout:.0f}s{tail}")
+
+
+async def poll_until(predicate: Callable[[], bool], what: str = "condition", timeout: float = 20.0) -> None:
+    """Poll `predicate()` on the running loop until it is true; the timeout only guards against hangs (an
+    AssertionError naming `what`), it never decides a result."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
 
 
 def http_ok(url: str, ca_file: Path | None = None) -> bool:

@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from services.common.codecs import encode_node_devices
 from services.common.kube import KubeAccess, new_api_client
 from services.common.model import DeviceInfo
+from services.local.suite import poll_until
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.extender_api import BindArgs
 from services.scheduler.runtime import SchedulerRuntime
@@ -166,16 +167,6 @@ def scheduler_config(url: str, **overrides: Any) -> SchedulerConfig:
     return SchedulerConfig.model_validate(values)
 
 
-async def wait_for(predicate: Any, timeout: float = 20.0, what: str = "condition") -> None:
-    """Poll until `predicate()` is true; the timeout only guards against hangs, never decides a result."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 def bind_args(pod: dict[str, Any], node: str) -> BindArgs:
     meta = pod["metadata"]
     return BindArgs(meta["name"], meta["namespace"], meta["uid"], node)
@@ -226,7 +217,7 @@ class Extender:
 async def start_extender(url: str, session: aiohttp.ClientSession, **overrides: Any) -> Extender:
     runtime = SchedulerRuntime(scheduler_config(url, **overrides))
     await runtime.start()
-    await wait_for(runtime.ready, what="caches synced")
+    await poll_until(runtime.ready, what="caches synced")
     return Extender(runtime, session)
 
 
@@ -234,7 +225,7 @@ async def start_extender(url: str, session: aiohttp.ClientSession, **overrides: 
 async def extender(cluster: Cluster) -> AsyncIterator[Extender]:
     async with aiohttp.ClientSession() as session:
         ext = await start_extender(cluster.url, session)
-        await wait_for(lambda: len(ext.runtime.cache.node_names()) == 2, what="nodes cached")
+        await poll_until(lambda: len(ext.runtime.cache.node_names()) == 2, what="nodes cached")
         try:
             yield ext
         finally:
@@ -300,10 +291,10 @@ async def test_hami_filter_mode_returns_the_single_best_node(cluster: Cluster) -
     async with aiohttp.ClientSession() as session:
         ext = await start_extender(cluster.url, session, filter_mode="hami", node_scheduler_policy="spread")
         try:
-            await wait_for(lambda: len(ext.runtime.cache.node_names()) == 2)
+            await poll_until(lambda: len(ext.runtime.cache.node_names()) == 2)
             busy = cluster.add_pod(pod_body("busy", 8000, 50))
             assert await ext.bind(busy, "node-b") == ""
-            await wait_for(lambda: ext.usage("node-b")["GPU-node-b-0"][1] == 8000)
+            await poll_until(lambda: ext.usage("node-b")["GPU-node-b-0"][1] == 8000)
             pod = cluster.add_pod(pod_body("next", 1000))
             result = await ext.filter(pod)
             assert result["NodeNames"] == ["node-a"]  # spread: the emptier node
@@ -315,7 +306,7 @@ async def test_prioritize_orders_nodes_by_policy(cluster: Cluster, extender: Ext
     busy = cluster.add_pod(pod_body("busy", 8000, 50))
     assert await extender.bind(busy, "node-b") == ""
     cluster.release_lock("node-b")
-    await wait_for(lambda: extender.usage("node-b")["GPU-node-b-0"] == (1, 8000, 50))
+    await poll_until(lambda: extender.usage("node-b")["GPU-node-b-0"] == (1, 8000, 50))
     pod = cluster.add_pod(pod_body("p", 1000))
     body = {"Pod": pod, "NodeNames": ["node-a", "node-b", "ghost"]}
     assert await extender.post("prioritize", body) == [
@@ -341,7 +332,7 @@ async def test_prioritize_of_a_cycle_reuses_its_filter_outcome(cluster: Cluster,
     busy = cluster.add_pod(pod_body("busy", 8000, 50))
     assert await extender.bind(busy, "node-b") == ""
     cluster.release_lock("node-b")
-    await wait_for(lambda: extender.usage("node-b")["GPU-node-b-0"] == (1, 8000, 50))
+    await poll_until(lambda: extender.usage("node-b")["GPU-node-b-0"] == (1, 8000, 50))
     body = {"Pod": pod, "NodeNames": ["node-a", "node-b"]}
     assert await extender.post("prioritize", body) == [
         {"Host": "node-a", "Score": 10},  # both nodes were empty when this pod was filtered
@@ -383,8 +374,8 @@ async def test_bind_writes_hamis_annotations_and_binds(cluster: Cluster, extende
     lock = cluster.lock("node-a")
     assert lock is not None and lock.endswith(",default,gpu-pod") and lock[:4].isdigit()
     assert "Z," in lock
-    await wait_for(lambda: sum(u[1] for u in extender.usage("node-a").values()) == 3000, what="usage")
-    await wait_for(lambda: extender.runtime.cache.reservations() == [], what="reservation superseded")
+    await poll_until(lambda: sum(u[1] for u in extender.usage("node-a").values()) == 3000, what="usage")
+    await poll_until(lambda: extender.runtime.cache.reservations() == [], what="reservation superseded")
     await extender.runtime.events.drain()
     assert [e["message"] for e in cluster.events("BindingSucceed")] == [
         "Successfully binding node [node-a] to default/gpu-pod"
@@ -460,7 +451,9 @@ async def test_failed_binding_rolls_everything_back(
     assert "hami.io/vgpu-node" not in (meta.get("labels") or {})
     assert cluster.lock("node-a") is None  # our lock released
     assert extender.runtime.cache.reservations() == []
-    await wait_for(lambda: all(u == (0, 0, 0) for u in extender.usage("node-a").values()), what="usage freed")
+    await poll_until(
+        lambda: all(u == (0, 0, 0) for u in extender.usage("node-a").values()), what="usage freed"
+    )
     await extender.runtime.events.drain()
     assert any("already assigned" in e["message"] for e in cluster.events("BindingFailed"))
 
@@ -516,7 +509,7 @@ async def test_only_the_leader_binds(cluster: Cluster) -> None:
                 "spec": {"holderIdentity": "replica-1_abc", "leaseDurationSeconds": 60},
             }
             client.CoordinationV1Api(cluster.api).create_namespaced_lease(NS, lease, _preload_content=False)
-            await wait_for(ext.runtime.leader.is_leader, what="leadership")
+            await poll_until(ext.runtime.leader.is_leader, what="leadership")
             assert await ext.bind(pod, "node-a") == ""
         finally:
             await ext.runtime.stop()
@@ -529,7 +522,7 @@ async def _bound_pod(cluster: Cluster, extender: Extender, name: str, node: str 
     pod = cluster.add_pod(pod_body(name, 4000, 20))
     assert await extender.bind(pod, node) == ""
     cluster.release_lock(node)
-    await wait_for(lambda: extender.runtime.cache.pod_uid(NS, name) is not None, what=f"{name} cached")
+    await poll_until(lambda: extender.runtime.cache.pod_uid(NS, name) is not None, what=f"{name} cached")
     return pod
 
 
@@ -537,7 +530,7 @@ async def test_deleted_pod_frees_usage(cluster: Cluster, extender: Extender) -> 
     await _bound_pod(cluster, extender, "doomed")
     assert extender.usage("node-b") == {"GPU-node-b-0": (1, 4000, 20)}
     cluster.core.delete_namespaced_pod("doomed", NS, _preload_content=False)
-    await wait_for(lambda: extender.usage("node-b") == {"GPU-node-b-0": (0, 0, 0)}, what="usage freed")
+    await poll_until(lambda: extender.usage("node-b") == {"GPU-node-b-0": (0, 0, 0)}, what="usage freed")
 
 
 async def test_terminating_pod_keeps_usage_and_succeeded_frees_it(
@@ -547,19 +540,21 @@ async def test_terminating_pod_keeps_usage_and_succeeded_frees_it(
     # A finalizer keeps the pod around while it terminates: its GPU is still in use.
     cluster.patch_pod("finishing", {"metadata": {"finalizers": ["example.com/hold"]}})
     cluster.core.delete_namespaced_pod("finishing", NS, _preload_content=False)
-    await wait_for(lambda: bool(cluster.pod("finishing")["metadata"].get("deletionTimestamp")))
-    await wait_for(lambda: extender.runtime.cache.pods()[0].terminating, what="terminating seen")
+    await poll_until(lambda: bool(cluster.pod("finishing")["metadata"].get("deletionTimestamp")))
+    await poll_until(lambda: extender.runtime.cache.pods()[0].terminating, what="terminating seen")
     assert extender.usage("node-b") == {"GPU-node-b-0": (1, 4000, 20)}
     # Restarting the cache replays the same state (HAMi PR #2812: the terminating pod still counts).
     async with aiohttp.ClientSession() as session:
         restarted = await start_extender(cluster.url, session)
         try:
-            await wait_for(lambda: restarted.runtime.cache.snapshot("node-b") is not None)
+            await poll_until(lambda: restarted.runtime.cache.snapshot("node-b") is not None)
             assert restarted.usage("node-b") == extender.usage("node-b")
         finally:
             await restarted.runtime.stop()
     cluster.patch_pod_status("finishing", {"phase": "Succeeded"})
-    await wait_for(lambda: extender.usage("node-b") == {"GPU-node-b-0": (0, 0, 0)}, what="freed on Succeeded")
+    await poll_until(
+        lambda: extender.usage("node-b") == {"GPU-node-b-0": (0, 0, 0)}, what="freed on Succeeded"
+    )
 
 
 async def test_restart_replays_the_same_usage(cluster: Cluster, extender: Extender) -> None:
@@ -567,12 +562,12 @@ async def test_restart_replays_the_same_usage(cluster: Cluster, extender: Extend
     await _bound_pod(cluster, extender, "two", "node-a")
     await _bound_pod(cluster, extender, "three", "node-b")
     cluster.patch_pod_status("two", {"phase": "Failed"})
-    await wait_for(lambda: sum(u[0] for u in extender.usage("node-a").values()) == 1)
+    await poll_until(lambda: sum(u[0] for u in extender.usage("node-a").values()) == 1)
     before = {n: extender.usage(n) for n in ("node-a", "node-b")}
     async with aiohttp.ClientSession() as session:
         restarted = await start_extender(cluster.url, session)
         try:
-            await wait_for(lambda: len(restarted.runtime.cache.node_names()) == 2)
+            await poll_until(lambda: len(restarted.runtime.cache.node_names()) == 2)
             assert {n: restarted.usage(n) for n in ("node-a", "node-b")} == before
         finally:
             await restarted.runtime.stop()
@@ -581,7 +576,7 @@ async def test_restart_replays_the_same_usage(cluster: Cluster, extender: Extend
 async def test_node_registration_and_health(cluster: Cluster, extender: Extender) -> None:
     # A new node whose kubelet does not show GPUs yet gets a handshake request and stays schedulable.
     cluster.add_node("node-c", gpus("node-c", 1), allocatable=0)
-    await wait_for(lambda: "node-c" in extender.runtime.cache.node_names())
+    await poll_until(lambda: "node-c" in extender.runtime.cache.node_names())
     await extender.runtime.registration_pass()
     handshake = (cluster.node("node-c")["metadata"].get("annotations") or {}).get(
         "hami.io/node-handshake", ""
@@ -592,16 +587,16 @@ async def test_node_registration_and_health(cluster: Cluster, extender: Extender
     # node-a reboots: its allocatable drops to 0 -> unschedulable, then comes back -> schedulable (no wedge).
     status: Any = {"status": {"allocatable": {"nvidia.com/gpu": "0"}}}
     cluster.core.patch_node_status("node-a", status, _content_type=MERGE, _preload_content=False)
-    await wait_for(lambda: extender.runtime.cache.snapshot("node-a") is None, what="node-a unhealthy")
+    await poll_until(lambda: extender.runtime.cache.snapshot("node-a") is None, what="node-a unhealthy")
     assert (await extender.filter(pod, ["node-a"]))["FailedNodes"] == {"node-a": "node unregistered"}
     status = {"status": {"allocatable": {"nvidia.com/gpu": "20"}}}
     cluster.core.patch_node_status("node-a", status, _content_type=MERGE, _preload_content=False)
-    await wait_for(lambda: extender.runtime.cache.snapshot("node-a") is not None, what="node-a back")
+    await poll_until(lambda: extender.runtime.cache.snapshot("node-a") is not None, what="node-a back")
     assert (await extender.filter(pod, ["node-a"]))["NodeNames"] == ["node-a"]
     # An undecodable register annotation skips the node, and the service carries on.
     bad: Any = {"metadata": {"annotations": {"hami.io/node-nvidia-register": "[{"}}}
     cluster.core.patch_node("node-c", bad, _content_type=MERGE, _preload_content=False)
-    await wait_for(lambda: extender.runtime.cache.snapshot("node-c") is None, what="node-c skipped")
+    await poll_until(lambda: extender.runtime.cache.snapshot("node-c") is None, what="node-c skipped")
     assert (await extender.filter(pod, ["node-c", "node-b"]))["NodeNames"] == ["node-b"]
 
 
@@ -612,7 +607,7 @@ async def test_metrics_endpoint(cluster: Cluster, extender: Extender) -> None:
     pod = cluster.add_pod(pod_body("metered", 3000, 30))
     assert (await extender.filter(pod))["NodeNames"]
     assert await extender.bind(pod, "node-b") == ""
-    await wait_for(lambda: extender.runtime.cache.pod_uid(NS, "metered") is not None)
+    await poll_until(lambda: extender.runtime.cache.pod_uid(NS, "metered") is not None)
     samples = await extender.metrics()
     device = {
         "zone": "vGPU",
@@ -663,7 +658,7 @@ async def test_stop_cancels_binds_under_way_and_releases_their_locks(
         monkeypatch.setattr(binder, "_pods_on_node", slow_list)
         pod = cluster.add_pod(pod_body("stuck", 1000))
         bind = asyncio.create_task(binder.bind(bind_args(pod, "node-a")))
-        await wait_for(reached.is_set, what="bind past the lock")
+        await poll_until(reached.is_set, what="bind past the lock")
         assert (cluster.lock("node-a") or "").endswith(",default,stuck")
         try:
             await ext.runtime.stop(grace=0.1)

@@ -7,9 +7,7 @@ the node handshake being written again)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,6 +17,7 @@ from kubernetes import client
 from services.common.codecs import encode_node_devices
 from services.common.kube import KubeAccess, new_api_client
 from services.common.model import DeviceInfo
+from services.local.suite import poll_until
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.leader import LeaderState
 from services.scheduler.runtime import SchedulerRuntime
@@ -127,16 +126,6 @@ def config(url: str, identity: str) -> SchedulerConfig:
     )
 
 
-async def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    """Poll until `predicate()`; the timeout only guards against hangs, it never decides a result."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 class Replica:
     def __init__(self, runtime: SchedulerRuntime, session: aiohttp.ClientSession) -> None:
         self.runtime = runtime
@@ -190,11 +179,11 @@ async def test_only_the_lease_holder_binds_and_labels_follow(kube_local_url: str
         try:
             for replica in (a, b):
                 await replica.runtime.start()
-            await wait_for(lambda: a.runtime.ready() and b.runtime.ready(), "caches synced")
-            await wait_for(lambda: a.node_cached() and b.node_cached(), "node cached")
+            await poll_until(lambda: a.runtime.ready() and b.runtime.ready(), "caches synced")
+            await poll_until(lambda: a.node_cached() and b.node_cached(), "node cached")
 
             # No Lease: nobody leads, both pods are labelled follower, nobody writes handshakes.
-            await wait_for(lambda: a.monitored(False) and b.monitored(False), "both followers")
+            await poll_until(lambda: a.monitored(False) and b.monitored(False), "both followers")
             assert (cluster.role("sched-a"), cluster.role("sched-b")) == ("follower", "follower")
             first = cluster.add_pod("job-1")
             assert "not the leader" in await a.bind(first)
@@ -202,10 +191,10 @@ async def test_only_the_lease_holder_binds_and_labels_follow(kube_local_url: str
 
             # kube-scheduler in pod sched-a holds the Lease: A binds, B refuses but still filters.
             cluster.set_lease(lease_spec("sched-a_4f1c9a", datetime.now(UTC)))
-            await wait_for(lambda: a.monitored(True) and b.monitored(False), "A leads")
+            await poll_until(lambda: a.monitored(True) and b.monitored(False), "A leads")
             assert (cluster.role("sched-a"), cluster.role("sched-b")) == ("leader", "follower")
             # Gaining leadership ran a registration pass: the node handshake request is written.
-            await wait_for(lambda: HANDSHAKE in cluster.node_annotations(), "handshake by A")
+            await poll_until(lambda: HANDSHAKE in cluster.node_annotations(), "handshake by A")
             assert cluster.node_annotations()[HANDSHAKE].startswith("Requesting_")
             assert (a.gains, b.gains) == (1, 0)
             second = cluster.add_pod("job-2")
@@ -219,11 +208,11 @@ async def test_only_the_lease_holder_binds_and_labels_follow(kube_local_url: str
 
             # Handover to sched-b: B binds, A refuses; the labels swap; B's gain runs its own pass.
             cluster.patch_node_annotations({HANDSHAKE: None})
-            await wait_for(lambda: b.handshake_cached() is None, "handshake removal seen by B")
+            await poll_until(lambda: b.handshake_cached() is None, "handshake removal seen by B")
             cluster.set_lease(lease_spec("sched-b_77d02e", datetime.now(UTC)))
-            await wait_for(lambda: a.monitored(False) and b.monitored(True), "B leads")
+            await poll_until(lambda: a.monitored(False) and b.monitored(True), "B leads")
             assert (cluster.role("sched-a"), cluster.role("sched-b")) == ("follower", "leader")
-            await wait_for(lambda: HANDSHAKE in cluster.node_annotations(), "handshake by B")
+            await poll_until(lambda: HANDSHAKE in cluster.node_annotations(), "handshake by B")
             assert (a.gains, b.gains) == (1, 1)
             error = await a.bind(second)
             assert "not the leader" in error, error
@@ -234,7 +223,7 @@ async def test_only_the_lease_holder_binds_and_labels_follow(kube_local_url: str
 
             # Expired Lease (kube-scheduler stopped renewing long ago): neither binds, both are followers.
             cluster.set_lease(lease_spec("sched-b_77d02e", datetime.now(UTC) - timedelta(minutes=5)))
-            await wait_for(lambda: a.monitored(False) and b.monitored(False), "nobody leads")
+            await poll_until(lambda: a.monitored(False) and b.monitored(False), "nobody leads")
             assert (cluster.role("sched-a"), cluster.role("sched-b")) == ("follower", "follower")
             third = cluster.add_pod("job-3")
             for replica in (a, b):
@@ -255,7 +244,7 @@ async def test_role_label_skipped_without_pod_name(kube_local_url: str) -> None:
     try:
         monitor = runtime.leader_monitor
         assert monitor is not None
-        await wait_for(lambda: monitor.leader is True, "always leader without leader_elect")
+        await poll_until(lambda: monitor.leader is True, "always leader without leader_elect")
         assert monitor.labelled is None  # nothing to label
         assert monitor.gains == 1
     finally:

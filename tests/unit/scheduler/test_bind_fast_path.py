@@ -3,9 +3,8 @@ watch cache's view, and binds that start from the filtered pod copy (guarded by 
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,6 +18,7 @@ from services.common import wire
 from services.common.codecs import encode_node_devices
 from services.common.kube import KubeAccess, call_json, core_path, new_api_client
 from services.common.model import DeviceInfo
+from services.local.suite import poll_until
 from services.scheduler.cache import UsageCache
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.nodelock import LockError, NodeLocks
@@ -325,7 +325,7 @@ async def test_the_runtime_wires_the_cache_view_into_the_locks(
         locks = ext.runtime.locks
         assert locks is not None
         current = rv(kube.node("node-a"))
-        await wait_for(
+        await poll_until(
             lambda: ext.runtime.cache.node_lock_view("node-a") == (None, current), what="node cached"
         )
         reads: list[str] = []
@@ -340,7 +340,7 @@ async def test_the_runtime_wires_the_cache_view_into_the_locks(
         assert reads == []  # decided from the watch cache's view
         taken = kube.lock("node-a")
         assert taken is not None and taken.endswith(",default,me")
-        await wait_for(
+        await poll_until(
             lambda: (ext.runtime.cache.node_lock_view("node-a") or (None, ""))[0] == taken, what="lock seen"
         )
 
@@ -359,16 +359,6 @@ def scheduler_config(url: str) -> SchedulerConfig:
             "resync_seconds": 0,
         }
     )
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
-    """Poll until `predicate()` is true; the timeout only guards against hangs."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @dataclass
@@ -404,7 +394,7 @@ async def running_scheduler(kube: Kube) -> AsyncIterator[Extender]:
     await runtime.start()
     try:
         async with aiohttp.ClientSession() as session:
-            await wait_for(runtime.ready, what="caches synced")
+            await poll_until(runtime.ready, what="caches synced")
             yield Extender(runtime, session)
     finally:
         await runtime.stop()
@@ -415,7 +405,7 @@ async def extender(kube: Kube) -> AsyncIterator[Extender]:
     kube.add_node("node-a", gpus("node-a", 2))
     kube.add_node("node-b", gpus("node-b"))
     async with running_scheduler(kube) as ext:
-        await wait_for(lambda: len(ext.runtime.cache.node_names()) == 2, what="nodes cached")
+        await poll_until(lambda: len(ext.runtime.cache.node_names()) == 2, what="nodes cached")
         yield ext
 
 
@@ -494,8 +484,8 @@ async def test_a_bind_from_a_stale_filtered_copy_rereads_and_binds(
     assert allocated in ("GPU-node-a-0,NVIDIA,3000,30:;", "GPU-node-a-1,NVIDIA,3000,30:;")
     assert meta["annotations"]["hami.io/vgpu-devices-to-allocate"] == allocated
     assert (kube.lock("node-a") or "").endswith(",default,moved")  # left for the device plugin
-    await wait_for(lambda: extender.runtime.cache.reservations() == [], what="reservation superseded")
-    await wait_for(lambda: used_memory(extender, "node-a") == 3000, what="usage counted once")
+    await poll_until(lambda: extender.runtime.cache.reservations() == [], what="reservation superseded")
+    await poll_until(lambda: used_memory(extender, "node-a") == 3000, what="usage counted once")
     await extender.runtime.events.drain()
     events = kube.call("GET", core_path("events", namespace=NS))["items"]
     reasons = [e["reason"] for e in events if e["involvedObject"]["name"] == "moved"]
