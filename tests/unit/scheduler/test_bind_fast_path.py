@@ -324,10 +324,15 @@ async def test_the_runtime_wires_the_cache_view_into_the_locks(
     async with running_scheduler(kube) as ext:
         locks = ext.runtime.locks
         assert locks is not None
-        current = rv(kube.node("node-a"))
-        await poll_until(
-            lambda: ext.runtime.cache.node_lock_view("node-a") == (None, current), what="node cached"
-        )
+
+        def settled() -> bool:
+            # The leader writes its handshake request onto the new node first; after that the node is
+            # quiet, and the view must be the node as it is now.
+            node = kube.node("node-a")
+            handshake = (node["metadata"].get("annotations") or {}).get(wire.NODE_HANDSHAKE)
+            return bool(handshake) and ext.runtime.cache.node_lock_view("node-a") == (None, rv(node))
+
+        await poll_until(settled, what="node cached after the handshake request")
         reads: list[str] = []
         real = locks._read_node
 
