@@ -9,10 +9,10 @@ STAMP := $(VENV)/.installed
 
 all: build
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml sim/pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]' -e ./sim
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -28,8 +28,8 @@ build: $(STAMP) protos-check
 	@if [ -f libvgpu/Makefile ]; then $(MAKE) -C libvgpu; fi
 
 lint: $(STAMP)
-	$(BIN)/ruff check services tests scripts bench
-	$(BIN)/ruff format --check services tests scripts bench
+	$(BIN)/ruff check services sim tests scripts bench
+	$(BIN)/ruff format --check services sim tests scripts bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	cd $(CURDIR) && PATH=$(CURDIR)/$(BIN):$$PATH buf lint

@@ -31,9 +31,9 @@ import yaml
 from kubernetes import client
 
 from services.common.kube import KubeAccess, new_api_client, raw_json
-from services.local.cli import register_cluster
-from services.local.cluster import load_cluster
-from services.local.suite import Suite, SuiteError
+from sim.local.cli import register_cluster
+from sim.local.cluster import load_cluster
+from sim.local.suite import Suite, SuiteError
 
 NODE = "bench-gpu-node"
 NS = "default"

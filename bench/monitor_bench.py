@@ -35,9 +35,9 @@ from kubernetes import client
 from services.common import shared_region as sr
 from services.common import wire
 from services.common.kube import KubeAccess, new_api_client
-from services.kubelocal.server import KubeLocalThread
-from services.local.suite import free_port
-from services.monitor.fixtures import MIB, ProcUse, make_region
+from sim.kubelocal.server import KubeLocalThread
+from sim.local.suite import free_port
+from sim.regions import MIB, ProcUse, make_region
 
 NODE = "bench-node"
 GPUS = [f"GPU-{i:08x}-5c87-89ac-b1a6-7b53aa24b0ec" for i in range(16)]

@@ -48,10 +48,10 @@ import yaml
 from services.common import wire
 from services.common.codecs import encode_node_devices, encode_pod_single_device
 from services.common.model import ContainerDevice, DeviceInfo
-from services.kubelocal.resources import NODES, PODS, default_status_on_create
-from services.kubelocal.server import KubeLocal
-from services.kubelocal.store import Store, now_timestamp
-from services.local.suite import ManagedProcess, console_script, free_port, http_ok, wait_until
+from sim.kubelocal.resources import NODES, PODS, default_status_on_create
+from sim.kubelocal.server import KubeLocal
+from sim.kubelocal.store import Store, now_timestamp
+from sim.local.suite import ManagedProcess, console_script, free_port, http_ok, wait_until
 
 NS = "default"
 GPU_MEMORY = 81920

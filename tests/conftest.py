@@ -10,7 +10,7 @@ import pytest
 @pytest.fixture
 def kube_local_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real kube-local server on a free loopback port, in a thread of this process."""
-    from services.kubelocal.server import KubeLocalThread
+    from sim.kubelocal.server import KubeLocalThread
 
     server = KubeLocalThread()
     try:

@@ -57,7 +57,7 @@ def _settings_log(settings: PluginSettings) -> Mapping[str, object]:
 
 def make_backend(cfg: DevicePluginConfig) -> GpuBackend:
     if cfg.backend == "simulated":
-        from services.device_plugin.simulated import SimulatedBackend
+        from sim.gpus.backend import SimulatedBackend
 
         assert cfg.simulated_inventory is not None  # the config validator guarantees it
         return SimulatedBackend(cfg.simulated_inventory, cfg.node_name, cfg.simulated_events_file)

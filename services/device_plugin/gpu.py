@@ -1,7 +1,7 @@
 """The one interface GPU discovery hides behind, with the data it hands up.
 
 Two backends implement it: NVML (`services.device_plugin.nvml`, real cards) and a simulated inventory
-(`services.device_plugin.simulated`, local mode and tests). Everything above this interface (registration,
+(`sim.gpus.backend`, local mode and tests). Everything above this interface (registration,
 health, the kubelet API, Allocate) is the same code for both.
 
 Backends are synchronous: `discover()` is called from a worker thread and `next_event()` blocks in a

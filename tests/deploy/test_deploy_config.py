@@ -35,7 +35,7 @@ from pydantic import BaseModel
 
 from services.common.config import add_config_flags, apply_env_aliases, flag_overrides, load_config
 from services.common.device_config import DeviceConfig, load_device_config
-from services.local.kube_scheduler_config import KubeSchedulerConfiguration, load_scheduler_config
+from sim.local.kube_scheduler_config import KubeSchedulerConfiguration, load_scheduler_config
 
 #: fieldRef values the kubelet would fill in.
 DOWNWARD = {

@@ -38,7 +38,7 @@ from deploy_helpers import (
     write_kustomization,
 )
 
-from services.local.kube_scheduler_config import parse_duration
+from sim.local.kube_scheduler_config import parse_duration
 
 K8S_VERSION = "1.32.0"  # the kubectl/kustomize of CI; the oldest minor the manifests target
 CLUSTER_SCOPED = frozenset(

@@ -31,7 +31,7 @@ from services.device_plugin.gpu import GpuEvent
 from services.device_plugin.kubeops import KubeOps
 from services.device_plugin.service import DevicePlugin
 from services.device_plugin.settings import effective_settings
-from services.device_plugin.simulated import SimulatedBackend
+from sim.gpus.backend import SimulatedBackend
 
 NODE = "node-a"
 TWO = "GPU-aaa,NVIDIA,3000,50:;GPU-bbb,NVIDIA,4000,60:;"

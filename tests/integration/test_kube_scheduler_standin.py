@@ -22,9 +22,9 @@ import yaml
 from aiohttp import web
 from kubernetes import client
 
-from services.local.kube_scheduler import KubeSchedulerStandIn
-from services.local.kube_scheduler_config import parse_scheduler_config
-from services.local.suite import free_port
+from sim.local.kube_scheduler import KubeSchedulerStandIn
+from sim.local.kube_scheduler_config import parse_scheduler_config
+from tests.support import free_port
 
 Obj = dict[str, Any]
 NVIDIA = ["nvidia.com/gpu", "nvidia.com/gpumem", "nvidia.com/gpucores"]

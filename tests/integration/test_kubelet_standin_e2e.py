@@ -26,8 +26,8 @@ from kubernetes import client
 from services.common import wire
 from services.common.codecs import decode_node_devices
 from services.common.kube import KubeAccess, new_api_client
-from services.local.cluster import simulated_uuid
-from services.local.kubelet import ALLOCATIONS_ANNOTATION, REJECTED_REASON, KubeletStandIn, container_requests
+from sim.local.cluster import simulated_uuid
+from sim.local.kubelet import ALLOCATIONS_ANNOTATION, REJECTED_REASON, KubeletStandIn, container_requests
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -276,7 +276,7 @@ def test_standin_command_line_restarts_on_sighup_and_stops_on_sigterm(tmp_path: 
         [
             sys.executable,
             "-m",
-            "services.local.kubelet",
+            "sim.local.kubelet",
             "--dir",
             str(plugin_dir),
             "--node-name",
@@ -318,7 +318,7 @@ def test_standin_command_line_restarts_on_sighup_and_stops_on_sigterm(tmp_path: 
             proc.wait()
         shutil.rmtree(plugin_dir, ignore_errors=True)
     missing = subprocess.run(
-        [sys.executable, "-m", "services.local.kubelet", "--node-name", NODE],
+        [sys.executable, "-m", "sim.local.kubelet", "--node-name", NODE],
         cwd=REPO,
         capture_output=True,
         text=True,

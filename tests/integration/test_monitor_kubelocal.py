@@ -26,10 +26,10 @@ from kubevgpu.monitor.v1 import monitor_service_pb2_grpc as pb_grpc
 from services.common import shared_region as sr
 from services.common import wire
 from services.common.kube import KubeAccess, new_api_client
-from services.local.suite import free_port
 from services.monitor.config import MonitorConfig
-from services.monitor.fixtures import MIB, ProcUse, make_region, write_cache
 from services.monitor.runtime import MonitorRuntime
+from sim.regions import MIB, ProcUse, make_region, write_cache
+from tests.support import free_port
 
 NODE = "gpu-node-a"
 GPU_A = "GPU-aaaaaaaa-1111-2222-3333-444444444444"

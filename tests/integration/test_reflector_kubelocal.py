@@ -13,8 +13,8 @@ from kubernetes import client
 
 from services.common.kube import KubeAccess, new_api_client
 from services.common.reflector import Reflector, object_key
-from services.kubelocal.server import KubeLocalThread
-from services.local.suite import free_port
+from sim.kubelocal.server import KubeLocalThread
+from tests.support import free_port
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:

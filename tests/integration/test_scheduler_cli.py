@@ -13,7 +13,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from services.local.suite import free_port
+from tests.support import free_port
 
 BIN = Path(sys.executable).parent
 

@@ -19,10 +19,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from services.common.codecs import encode_node_devices
 from services.common.kube import KubeAccess, new_api_client
 from services.common.model import DeviceInfo
-from services.local.suite import poll_until
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.extender_api import BindArgs
 from services.scheduler.runtime import SchedulerRuntime
+from tests.support import poll_until
 
 NS = "default"
 MERGE = "application/merge-patch+json"

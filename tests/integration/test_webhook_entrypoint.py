@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from services.local.suite import free_port
+from tests.support import free_port
 
 BIN = Path(sys.executable).parent
 PROG = str(BIN / "kube-vgpu-webhook")

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from services.kubelocal.server import KubeLocalThread
+from sim.kubelocal.server import KubeLocalThread
 
 
 def make_client(url: str) -> client.ApiClient:

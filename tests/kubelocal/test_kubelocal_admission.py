@@ -8,8 +8,8 @@ import pytest
 from kubernetes import client
 from kubernetes.client import ApiException
 
-from services.kubelocal import errors
-from services.kubelocal.admission import AdmissionChain, AdmissionRequest
+from sim.kubelocal import errors
+from sim.kubelocal.admission import AdmissionChain, AdmissionRequest
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from kubernetes import client
 from kubernetes.client import ApiException
 
-from services.kubelocal.patch import (
+from sim.kubelocal.patch import (
     InvalidPatch,
     PatchConflict,
     PatchTestFailed,

@@ -15,8 +15,8 @@ import pytest
 from kubernetes import client, watch
 from kubernetes.client import ApiException
 
-from services.kubelocal.persistence import STATE_FILE, StateError
-from services.kubelocal.server import KubeLocalThread, run_kube_local
+from sim.kubelocal.persistence import STATE_FILE, StateError
+from sim.kubelocal.server import KubeLocalThread, run_kube_local
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -93,7 +93,7 @@ def test_state_dir_is_exclusive(tmp_path, server_factory):
 def test_cli_serves_and_flushes_on_sigterm(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "services.kubelocal.cli", "--port", "0", "--state-dir", str(tmp_path)],
+        [sys.executable, "-m", "sim.kubelocal.cli", "--port", "0", "--state-dir", str(tmp_path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -125,7 +125,7 @@ def test_cli_serves_and_flushes_on_sigterm(tmp_path):
 def test_cli_reports_corrupt_state(tmp_path):
     (tmp_path / STATE_FILE).write_text('{"kind": "KubeLocalState", "version": 1}')
     result = subprocess.run(
-        [sys.executable, "-m", "services.kubelocal.cli", "--port", "0", "--state-dir", str(tmp_path)],
+        [sys.executable, "-m", "sim.kubelocal.cli", "--port", "0", "--state-dir", str(tmp_path)],
         capture_output=True,
         text=True,
         cwd=REPO,

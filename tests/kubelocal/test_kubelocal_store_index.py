@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from services.common.selectors import parse_field_selector, parse_label_selector
-from services.kubelocal.resources import NAMESPACES as NS_RESOURCE
-from services.kubelocal.resources import NODES, PODS
-from services.kubelocal.store import Store, WatchFilter, new_uid, now_timestamp
+from sim.kubelocal.resources import NAMESPACES as NS_RESOURCE
+from sim.kubelocal.resources import NODES, PODS
+from sim.kubelocal.store import Store, WatchFilter, new_uid, now_timestamp
 
 NAMESPACES = ("default", "kube-system", "team-a", "team-a1")
 NODE_NAMES = ("n1", "n2", "n3", "")

@@ -12,8 +12,8 @@ import pytest
 from kubernetes import client, watch
 from kubernetes.client import ApiException
 
-from services.kubelocal.resources import PODS
-from services.kubelocal.store import Store, WatchFilter
+from sim.kubelocal.resources import PODS
+from sim.kubelocal.store import Store, WatchFilter
 
 
 def collect(func, *args, count: int, timeout: int = 5, **kwargs) -> list[tuple[str, str]]:

@@ -21,7 +21,7 @@ from kubernetes import client
 from kubernetes.client import ApiException
 
 from services.common.selectors import SelectorError
-from services.kubelocal.webhook_config import label_selector
+from sim.kubelocal.webhook_config import label_selector
 
 Review = dict[str, Any]
 HAMI_SELECTOR = {"matchExpressions": [{"key": "hami.io/webhook", "operator": "NotIn", "values": ["ignore"]}]}

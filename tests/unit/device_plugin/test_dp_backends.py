@@ -14,18 +14,17 @@ import pytest
 
 from services.device_plugin.gpu import GpuBackend, GpuBackendError, GpuEvent
 from services.device_plugin.nvml import NvmlBackend, read_numa_node
-from services.device_plugin.simulated import (
+from sim.gpus.backend import (
     SimulatedBackend,
     events_file_line,
     load_inventory,
-    simulated_uuid,
 )
 
 REPO = Path(__file__).resolve().parents[3]
 
 
 def test_cluster_file_node_is_picked_with_local_modes_uuids() -> None:
-    from services.local.cluster import simulated_uuid as local_uuid
+    from sim.local.cluster import simulated_uuid as local_uuid
 
     gpus = load_inventory(REPO / "deploy/local/cluster.yaml", "gpu-node-b")
     assert [g.index for g in gpus] == [0, 1, 2, 3]
@@ -34,7 +33,6 @@ def test_cluster_file_node_is_picked_with_local_modes_uuids() -> None:
     assert {g.memory_mib for g in gpus} == {81920}
     # Same identities as `kube-vgpu-local up` registers, so both write the same annotation.
     assert [g.uuid for g in gpus] == [local_uuid("gpu-node-b", i) for i in range(4)]
-    assert simulated_uuid("x", 1) == local_uuid("x", 1)
 
 
 def test_per_node_inventory_and_errors(tmp_path: Path) -> None:

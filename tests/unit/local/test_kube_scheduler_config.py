@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from services.common.config import ConfigError
-from services.local.kube_scheduler_config import (
+from sim.local.kube_scheduler_config import (
     DEFAULT_EXTENDER_TIMEOUT,
     load_scheduler_config,
     parse_duration,

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from services.local.kube_scheduler_fit import (
+from sim.local.kube_scheduler_fit import (
     REASON_AFFINITY,
     REASON_TOO_MANY_PODS,
     REASON_UNSCHEDULABLE,

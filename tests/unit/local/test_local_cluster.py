@@ -10,7 +10,7 @@ from services.common import wire
 from services.common.codecs import decode_node_devices
 from services.common.config import ConfigError
 from services.common.inventory import format_table, inventory_rows
-from services.local.cluster import load_cluster, node_object, simulated_uuid
+from sim.local.cluster import load_cluster, node_object, simulated_uuid
 
 REPO = Path(__file__).resolve().parents[3]
 

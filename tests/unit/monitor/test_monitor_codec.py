@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from services.common import shared_region as sr
 from services.monitor import codec
-from services.monitor.fixtures import ProcUse, make_region
+from sim.regions import ProcUse, make_region
 
 
 def _reference(raw: bytes) -> codec.RegionReading:

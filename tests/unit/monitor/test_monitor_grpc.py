@@ -19,13 +19,13 @@ from kubevgpu.monitor.v1 import monitor_service_pb2 as pb
 from kubevgpu.monitor.v1 import monitor_service_pb2_grpc as pb_grpc
 from services.common import wire
 from services.common.grpc_server import GrpcServerHandle, build_server
-from services.monitor.fixtures import MIB, ProcUse, make_region, write_cache
 from services.monitor.hostgpu import HostGpuStat
 from services.monitor.monitor import Monitor
 from services.monitor.pods import PodIndex, RegisteredGpu, pod_info
 from services.monitor.regions import RegionStore
 from services.monitor.service import MonitorServicer
 from services.vgpuctl import cli as vgpuctl
+from sim.regions import MIB, ProcUse, make_region, write_cache
 
 GPU_A = "GPU-aaaaaaaa-1111-2222-3333-444444444444"
 GPU_B = "GPU-bbbbbbbb-1111-2222-3333-444444444444"

@@ -14,7 +14,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from services.common import wire
-from services.monitor.fixtures import MIB, ProcUse, make_region, write_cache
 from services.monitor.hostgpu import HostGpuStat
 from services.monitor.metrics import (
     CONTAINER_LABELS,
@@ -27,6 +26,7 @@ from services.monitor.metrics import (
 from services.monitor.monitor import Monitor
 from services.monitor.pods import PodIndex, RegisteredGpu, pod_info
 from services.monitor.regions import RegionStore
+from sim.regions import MIB, ProcUse, make_region, write_cache
 
 GPU_A = "GPU-aaaaaaaa-1111-2222-3333-444444444444"
 GPU_B = "GPU-bbbbbbbb-1111-2222-3333-444444444444"

@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 
 from services.common import shared_region as sr
 from services.monitor import codec
-from services.monitor.fixtures import MIB, ProcUse, make_region, rewrite_in_place, write_cache
 from services.monitor.regions import (
     REASON_NOT_REGULAR,
     REASON_TOO_MANY_FILES,
@@ -22,6 +21,7 @@ from services.monitor.regions import (
     RegionStore,
     parse_dir_name,
 )
+from sim.regions import MIB, ProcUse, make_region, rewrite_in_place, write_cache
 
 GPU_A = "GPU-aaaaaaaa-1111-2222-3333-444444444444"
 GPU_B = "GPU-bbbbbbbb-1111-2222-3333-444444444444"

@@ -11,11 +11,11 @@ import pytest
 
 from services.common import shared_region as sr
 from services.common import wire
-from services.monitor.fixtures import MIB, ProcUse, make_region, write_cache
 from services.monitor.monitor import Monitor
 from services.monitor.podresources import PodResourcesClient, PodResourcesSource
 from services.monitor.pods import PodIndex, RegisteredGpu, pod_info
 from services.monitor.regions import RegionStore
+from sim.regions import MIB, ProcUse, make_region, write_cache
 
 GPU_A = "GPU-aaaaaaaa-1111-2222-3333-444444444444"
 GPU_B = "GPU-bbbbbbbb-1111-2222-3333-444444444444"

@@ -18,11 +18,11 @@ from services.common import wire
 from services.common.codecs import encode_node_devices
 from services.common.kube import KubeAccess, call_json, core_path, new_api_client
 from services.common.model import DeviceInfo
-from services.local.suite import poll_until
 from services.scheduler.cache import UsageCache
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.nodelock import LockError, NodeLocks
 from services.scheduler.runtime import SchedulerRuntime
+from tests.support import poll_until
 
 NS = "default"
 MERGE = "application/merge-patch+json"

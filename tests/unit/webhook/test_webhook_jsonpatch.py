@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.kubelocal.patch import json_patch
 from services.webhook.jsonpatch import diff, escape_token, json_equal, pointer
+from sim.kubelocal.patch import json_patch
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import copy
 import json
 from typing import Any
 
-from services.kubelocal.patch import json_patch
+from sim.kubelocal.patch import json_patch
 
 GPU = "nvidia.com/gpu"
 MEM = "nvidia.com/gpumem"

@@ -13,8 +13,8 @@ import sys
 
 import structlog
 
-from services.kubelocal.persistence import StateError
-from services.kubelocal.server import KubeLocal
+from sim.kubelocal.persistence import StateError
+from sim.kubelocal.server import KubeLocal
 
 DEFAULT_PORT = 8001
 

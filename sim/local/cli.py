@@ -27,10 +27,10 @@ from services.common.entrypoint import wait_for_shutdown
 from services.common.inventory import INVENTORY_COLUMNS, format_table, inventory_rows
 from services.common.kube import KubeAccess, list_raw, new_api_client
 from services.common.log import LogConfig, configure_logging, get_logger
-from services.local import kube_scheduler, kubelet
-from services.local.cluster import LocalCluster, load_cluster, node_object
-from services.local.demo import DemoError, load_demo_pods, monitor_summary, run_demo
-from services.local.suite import Suite, SuiteError
+from sim.local import kube_scheduler, kubelet
+from sim.local.cluster import LocalCluster, load_cluster, node_object
+from sim.local.demo import DemoError, load_demo_pods, monitor_summary, run_demo
+from sim.local.suite import Suite, SuiteError
 
 SYSTEM_NAMESPACE = "kube-vgpu-system"
 log = get_logger("kube-vgpu-local")

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.kubelocal.webhook_config import apply_webhook_defaults
+from sim.kubelocal.webhook_config import apply_webhook_defaults
 
 Obj = dict[str, Any]
 

@@ -8,7 +8,6 @@ configs are written to `<run dir>/config/`. Ports are picked free at start so tw
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import os
 import socket
@@ -105,17 +104,6 @@ def wait_until(
     raise SuiteError(f"{what} not ready after {timeout:.0f}s{tail}")
 
 
-async def poll_until(predicate: Callable[[], bool], what: str = "condition", timeout: float = 20.0) -> None:
-    """Poll `predicate()` on the running loop until it is true; the timeout only guards against hangs (an
-    AssertionError naming `what`), it never decides a result."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 def http_ok(url: str, ca_file: Path | None = None) -> bool:
     context = ssl.create_default_context(cafile=str(ca_file)) if ca_file else None
     with urllib.request.urlopen(url, timeout=1, context=context) as resp:
@@ -150,7 +138,7 @@ class Suite:
 
     def start_kube_local(self) -> str:
         port = self.kube_local_port or free_port(self.host)
-        argv = [*console_script("kube-local", "services.kubelocal"), "--host", self.host, "--port", str(port)]
+        argv = [*console_script("kube-local", "sim.kubelocal"), "--host", self.host, "--port", str(port)]
         if self.state_dir:
             Path(self.state_dir).mkdir(parents=True, exist_ok=True)
             argv += ["--state-dir", self.state_dir]
@@ -221,7 +209,7 @@ class Suite:
         standin = self._process(
             "kube-scheduler",
             [
-                *console_script("kube-vgpu-local", "services.local"),
+                *console_script("kube-vgpu-local", "sim.local"),
                 "kube-scheduler",
                 "--server",
                 self.url,
@@ -239,7 +227,7 @@ class Suite:
             kubelet = self._process(
                 f"kubelet-{node}",
                 [
-                    *console_script("kube-vgpu-local", "services.local"),
+                    *console_script("kube-vgpu-local", "sim.local"),
                     "kubelet",
                     "--dir",
                     str(node_dir),

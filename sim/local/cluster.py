@@ -6,7 +6,6 @@ running our device plugin carries, so every other component reads them through t
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +15,7 @@ from services.common import wire
 from services.common.codecs import encode_node_devices
 from services.common.config import ConfigError, ConfigModel, read_config_file, validate_config
 from services.common.model import DeviceInfo
-
-# Stable simulated UUIDs: the same file gives the same GPU identities across restarts.
-_SIMULATED_GPU_NAMESPACE = uuid.UUID("6b1c2f0e-7d54-4b8e-9a3c-2f5d8e1a4c70")
+from sim.gpus.backend import simulated_uuid
 
 
 class _FileModel(ConfigModel):
@@ -58,10 +55,6 @@ def load_cluster(path: str | Path) -> LocalCluster:
             f"local cluster {path}: node names must be unique, repeated: {', '.join(duplicates)}"
         )
     return cluster
-
-
-def simulated_uuid(node: str, index: int) -> str:
-    return "GPU-" + str(uuid.uuid5(_SIMULATED_GPU_NAMESPACE, f"{node}/{index}"))
 
 
 def node_devices(node: SimulatedNode, split_count: int) -> list[DeviceInfo]:

@@ -39,12 +39,12 @@ import aiohttp
 import structlog
 
 from services.common.selectors import LabelSelector, SelectorError
-from services.kubelocal.admission import AdmissionRequest
-from services.kubelocal.errors import ApiError
-from services.kubelocal.patch import PatchError, json_patch
-from services.kubelocal.resources import MUTATING_WEBHOOK_CONFIGURATIONS, NAMESPACES, ResourceType
-from services.kubelocal.store import Store, WatchFilter
-from services.kubelocal.webhook_config import (
+from sim.kubelocal.admission import AdmissionRequest
+from sim.kubelocal.errors import ApiError
+from sim.kubelocal.patch import PatchError, json_patch
+from sim.kubelocal.resources import MUTATING_WEBHOOK_CONFIGURATIONS, NAMESPACES, ResourceType
+from sim.kubelocal.store import Store, WatchFilter
+from sim.kubelocal.webhook_config import (
     DEFAULT_TIMEOUT_SECONDS,
     SUPPORTED_REVIEW_VERSIONS,
     decode_ca_bundle,

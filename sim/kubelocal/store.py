@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.common.selectors import FieldSelector, LabelSelector
-from services.kubelocal import errors
-from services.kubelocal.resources import (
+from sim.kubelocal import errors
+from sim.kubelocal.resources import (
     ALL_RESOURCES,
     BY_KEY,
     NAMESPACES,

@@ -56,14 +56,14 @@ from services.common.entrypoint import wait_for_shutdown
 from services.common.kube import KubeAccess, new_api_client
 from services.common.log import get_logger
 from services.common.reflector import Reflector, object_key
-from services.local.kube_scheduler_config import (
+from sim.local.kube_scheduler_config import (
     DEFAULT_SCHEDULER,
     ExtenderConfig,
     KubeSchedulerConfiguration,
     TLSConfig,
     load_scheduler_config,
 )
-from services.local.kube_scheduler_fit import (
+from sim.local.kube_scheduler_fit import (
     NodeUsage,
     combine_scores,
     filter_nodes,

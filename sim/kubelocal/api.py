@@ -6,7 +6,7 @@ Paths are the apiserver's (``/api/v1/namespaces/{ns}/pods/{name}/status``, ``/ap
     decode (400 on malformed JSON) -> default -> [mutating admission] -> prepare system fields
         -> validate (422) -> [validating admission] -> store (409 on a stale resourceVersion)
 
-The two admission points are :class:`~services.kubelocal.admission.AdmissionChain` calls in
+The two admission points are :class:`~sim.kubelocal.admission.AdmissionChain` calls in
 :meth:`ApiHandlers._create`, :meth:`ApiHandlers._update_loop`, :meth:`ApiHandlers._delete_one` and
 :meth:`ApiHandlers._bind`; see ``admission.py`` for what hooks receive. Mutating admission also
 calls the stored mutating admission webhooks, after the in-process hooks (``webhooks.py``).
@@ -34,17 +34,17 @@ from services.common.selectors import (
     validate_label_key,
     validate_label_value,
 )
-from services.kubelocal import errors
-from services.kubelocal.admission import AdmissionChain, AdmissionRequest
-from services.kubelocal.errors import ApiError, ResourceVersionConflict
-from services.kubelocal.patch import (
+from sim.kubelocal import errors
+from sim.kubelocal.admission import AdmissionChain, AdmissionRequest
+from sim.kubelocal.errors import ApiError, ResourceVersionConflict
+from sim.kubelocal.patch import (
     InvalidPatch,
     PatchConflict,
     json_patch,
     merge_patch,
     strategic_merge_patch,
 )
-from services.kubelocal.resources import (
+from sim.kubelocal.resources import (
     ALL_RESOURCES,
     MUTATING_WEBHOOK_CONFIGURATIONS,
     NAMESPACES,
@@ -59,7 +59,7 @@ from services.kubelocal.resources import (
     default_status_on_create,
     validate_name,
 )
-from services.kubelocal.store import (
+from sim.kubelocal.store import (
     Store,
     WatchClosed,
     WatchFilter,
@@ -68,8 +68,8 @@ from services.kubelocal.store import (
     new_uid,
     now_timestamp,
 )
-from services.kubelocal.webhook_config import validate_webhook_configuration
-from services.kubelocal.webhooks import WebhookDispatcher
+from sim.kubelocal.webhook_config import validate_webhook_configuration
+from sim.kubelocal.webhooks import WebhookDispatcher
 
 log = structlog.get_logger("kube-local")
 

@@ -23,7 +23,7 @@ from services.common.selectors import (
     validate_label_key,
     validate_label_value,
 )
-from services.kubelocal.errors import ApiError
+from sim.kubelocal.errors import ApiError
 
 Obj = dict[str, Any]
 

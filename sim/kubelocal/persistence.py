@@ -17,7 +17,7 @@ from typing import IO
 
 import structlog
 
-from services.kubelocal.store import Store
+from sim.kubelocal.store import Store
 
 STATE_FILE = "state.json"
 LOCK_FILE = ".lock"

@@ -20,12 +20,12 @@ from typing import Any, TypeVar
 import structlog
 from aiohttp import web
 
-from services.kubelocal import errors
-from services.kubelocal.admission import AdmissionChain
-from services.kubelocal.api import ApiHandlers, WatchOptions, status_response
-from services.kubelocal.errors import ApiError
-from services.kubelocal.persistence import Persistence
-from services.kubelocal.store import Store
+from sim.kubelocal import errors
+from sim.kubelocal.admission import AdmissionChain
+from sim.kubelocal.api import ApiHandlers, WatchOptions, status_response
+from sim.kubelocal.errors import ApiError
+from sim.kubelocal.persistence import Persistence
+from sim.kubelocal.store import Store
 
 T = TypeVar("T")
 

@@ -17,7 +17,7 @@ It does what a kubelet does with device plugins (spec kubelet-wire.md), and pret
 * `restart()` simulates a kubelet restart: every socket in `<dir>` is deleted and kubelet.sock is created
   again, so plugins must notice and register again. SIGHUP does the same from the command line.
 
-Run it as `python -m services.local.kubelet --dir /tmp/kv-node-a --node-name gpu-node-a --server URL`.
+Run it as `python -m sim.local.kubelet --dir /tmp/kv-node-a --node-name gpu-node-a --server URL`.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ Every write goes through the same stages as in the apiserver::
 
 A mutating hook receives an :class:`AdmissionRequest` and returns the (possibly new) object, or
 ``None`` to leave it unchanged; a validating hook returns nothing. Either denies the request by
-raising :class:`~services.kubelocal.errors.ApiError` (``errors.forbidden(...)`` or an
+raising :class:`~sim.kubelocal.errors.ApiError` (``errors.forbidden(...)`` or an
 ``ApiError(400, "BadRequest", ...)`` with the webhook's message), which reaches the client as a
 ``Status``. Hooks run on the server's event loop and may await (an admission webhook is an HTTP
 call); kube-local re-reads and retries an unconditional update if the object changed meanwhile, so
@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from services.kubelocal.resources import ResourceType
+from sim.kubelocal.resources import ResourceType
 
 Obj = dict[str, Any]
 Operation = Literal["CREATE", "UPDATE", "DELETE"]

@@ -36,8 +36,8 @@ from services.device_plugin.gpu import GpuBackendError, GpuEvent, GpuInfo
 
 log = get_logger("device_plugin.simulated")
 
-# Must equal the namespace of services/local/cluster.py (local mode), so both derive the same UUIDs; a test
-# checks that they agree (the device plugin may not import services.local).
+# Local mode registers its simulated nodes with these UUIDs too (`sim.local.cluster`), so a plugin started
+# on a simulated node registers exactly the GPUs `kube-vgpu-local up` registered.
 SIMULATED_GPU_NAMESPACE = uuidlib.UUID("6b1c2f0e-7d54-4b8e-9a3c-2f5d8e1a4c70")
 
 _POLL_SLICE = 0.1

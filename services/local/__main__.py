@@ -1,3 +1,0 @@
-from services.local.cli import main
-
-raise SystemExit(main())

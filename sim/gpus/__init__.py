@@ -1,0 +1,1 @@
+"""Simulated GPUs: an inventory-backed GpuBackend and the device plugin entry point that uses it."""

@@ -1,0 +1,3 @@
+from sim.local.cli import main
+
+raise SystemExit(main())
