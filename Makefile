@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all venv protos protos-check build lint test pytest run bench clean constraints
+.PHONY: all venv protos protos-check build lint test test-fast pytest run bench clean constraints
 
 all: build
 
@@ -38,6 +38,11 @@ pytest: build
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test: build lint pytest
+
+# The fast lane: pure logic, kube-local and contracts; whole processes, deploy renders and libvgpu builds
+# (marked slow by tests/conftest.py) are left out.
+test-fast: build
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # Local mode: kube-local with the simulated cluster of deploy/local/cluster.yaml, every component as its own
 # process, and the demo pods of deploy/local/demo-pods.yaml taken through the whole path.

@@ -1,10 +1,18 @@
-"""Fixtures shared across test directories."""
+"""Fixtures shared across test directories, and the test lanes (`tests/support/lanes.py`)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import pytest
+
+from tests.support.lanes import is_slow_path
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if is_slow_path(item.path):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -185,3 +186,38 @@ def test_hadolint(name: str) -> None:
         [binary, "--no-color", str(dockerfile(name))], capture_output=True, text=True, timeout=60, check=False
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("name", ALL_IMAGES)
+def test_images_copy_no_simulator_code(name: str) -> None:
+    """The simulators (`sim/`) and the tests are local-mode and test tooling: no image's context lets them
+    in and no COPY names them."""
+    ignore = DOCKER / f"{name}.Dockerfile.dockerignore"
+    allowed = {ln.strip()[1:].rstrip("/") for ln in ignore.read_text().splitlines() if ln.startswith("!")}
+    assert not {"sim", "tests", "bench"} & {a.split("/")[0] for a in allowed}, allowed
+    copies = [args for s in parse(dockerfile(name)) for ins, args in s.instructions if ins == "COPY"]
+    assert not [c for c in copies if re.search(r"(^|\s)(\./)?(sim|tests|bench)(/|\s)", c)], copies
+
+
+def test_product_wheel_holds_no_simulator(tmp_path: Path) -> None:
+    """The wheel the images install: the four services, common, vgpuctl and the stubs, and console scripts
+    that all resolve inside it; none of `sim/` (kube-local, local mode, simulated GPUs, region fixtures)."""
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(REPO)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = tmp_path.glob("kube_vgpu-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+        scripts = archive.read(entry_points).decode()
+    top = {n.split("/")[0] for n in names if not n.startswith("kube_vgpu-")}
+    assert top == {"services", "kubevgpu"}, top
+    assert not [n for n in names if n.startswith("sim/") or "/fixtures" in n or "simulated" in n]
+    modules = {n[: -len(".py")].replace("/", ".") for n in names if n.endswith(".py")}
+    for line in scripts.splitlines():
+        if "=" in line:
+            target = line.split("=", 1)[1].strip().split(":")[0]
+            assert target in modules, f"console script {line.strip()} points outside the wheel"
