@@ -1,4 +1,4 @@
-/* Environment contract (read once at init) and logging to stderr. */
+/* Environment contract (read once at init), logging to stderr and the monotonic clock. The bottom layer. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdarg.h>
@@ -7,6 +7,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "vgpu.h"
@@ -122,4 +123,10 @@ void vgpu_log(int level, const char *fmt, ...) {
     buf[len++] = '\n';
     ssize_t w = write(STDERR_FILENO, buf, len);
     (void)w;
+}
+
+int64_t vgpu_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }

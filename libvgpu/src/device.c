@@ -1,7 +1,8 @@
 /*
  * Device indexing. Everything in the region is indexed by the in-container NVML index. A CUDA ordinal is
  * mapped to it by UUID (so CUDA_VISIBLE_DEVICES reordering or UUID lists cannot put usage on the wrong
- * GPU); without NVML the map is the identity.
+ * GPU); without NVML the map is the identity. Depends on the real driver tables (real.c) and publishes the
+ * UUIDs in the region (region.c).
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -90,6 +91,8 @@ void vgpu_devices_postinit(void) {
     if (!g_ready && build_map() == 0) __atomic_store_n(&g_ready, 1, __ATOMIC_RELEASE);
     pthread_mutex_unlock(&g_mu);
 }
+
+void vgpu_devices_atfork_child(void) { pthread_mutex_init(&g_mu, NULL); }
 
 int vgpu_dev_index(CUdevice cudev) {
     if (cudev < 0 || cudev >= MAX_CUDA_DEVICES) return -1;

@@ -103,6 +103,8 @@ static void context_gone(CUcontext ctx) {
     vgpu_track_drop_ctx((uintptr_t)ctx, vgpu_mem_release_entry);
 }
 
+void vgpu_ctx_atfork_child(void) { pthread_mutex_init(&g_ctx_mu, NULL); }
+
 VGPU_EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev) {
     REQUIRE_REAL(cuDevicePrimaryCtxRetain);
     if (vgpu_passthrough()) return REAL(cuDevicePrimaryCtxRetain)(pctx, dev);

@@ -555,8 +555,6 @@ VGPU_EXPORT CUresult cuDeviceTotalMem_v2(size_t *bytes, CUdevice dev) {
 
 /* ------------------------------------------------------------------ NVML memory information */
 
-void vgpu_nvml_load(void);
-
 static int nvml_index(nvmlDevice_t device) {
     unsigned int idx = 0;
     if (REAL_NVML(nvmlDeviceGetIndex) == NULL || REAL_NVML(nvmlDeviceGetIndex)(device, &idx) != NVML_SUCCESS)
@@ -578,6 +576,7 @@ static void virtualise_nvml(nvmlDevice_t device, unsigned long long *total, unsi
 }
 
 VGPU_EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t device, nvmlMemory_t *memory) {
+    vgpu_init();
     vgpu_nvml_load();
     if (REAL_NVML(nvmlDeviceGetMemoryInfo) == NULL) return NVML_ERROR_FUNCTION_NOT_FOUND;
     nvmlReturn_t r = REAL_NVML(nvmlDeviceGetMemoryInfo)(device, memory);
@@ -587,6 +586,7 @@ VGPU_EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t device, nvmlMemory
 }
 
 VGPU_EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t device, nvmlMemory_v2_t *memory) {
+    vgpu_init();
     vgpu_nvml_load();
     if (REAL_NVML(nvmlDeviceGetMemoryInfo_v2) == NULL) return NVML_ERROR_FUNCTION_NOT_FOUND;
     nvmlReturn_t r = REAL_NVML(nvmlDeviceGetMemoryInfo_v2)(device, memory);

@@ -10,6 +10,9 @@
  * The 32-byte `sem` and `sem_postinit` fields are initialised (process-shared, value 1) so that the layout
  * is exactly HAMi-core's; this library does not wait on them.
  * Readers that take no lock (the node monitor) get consistent per-slot usage through the slot seqlock.
+ *
+ * Depends on the configuration only (config.c): the region is attached lazily, at its first use, with the
+ * configuration that process init (process.c) has read by then.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -37,12 +40,6 @@ static uint64_t g_start;  /* /proc start time of g_pid */
 static vgpu_slot_t *g_private_slot;
 static int64_t g_last_reclaim_ns;
 static int64_t g_last_kernel_note;
-
-int64_t vgpu_now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
 
 /* ------------------------------------------------------------------ /proc helpers */
 
@@ -215,7 +212,6 @@ out:
 vgpu_region_t *vgpu_region(void) {
     vgpu_region_t *r = __atomic_load_n(&g_region, __ATOMIC_ACQUIRE);
     if (r != NULL) return r;
-    vgpu_init();
     pthread_mutex_lock(&g_attach_mu);
     if (g_region == NULL) {
         r = attach_file(g_cfg.cache_path);
@@ -518,7 +514,7 @@ void vgpu_region_reset_for_tests(void) {
     g_private_slot = NULL;
 }
 
-__attribute__((destructor)) static void region_at_exit(void) {
+void vgpu_region_at_exit(void) {
     if (g_region == NULL || g_pid != getpid() || g_pid == 0) return;
     if (g_private_slot != NULL) return;
     rlock();

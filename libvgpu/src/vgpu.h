@@ -1,4 +1,5 @@
-/* Internal interfaces of libvgpu. Nothing here is exported from the shared object. */
+/* Internal interfaces of libvgpu, one section per module, lowest layer first (the layer table is at the top
+ * of process.c). Nothing here is exported from the shared object. */
 #ifndef VGPU_INTERNAL_H
 #define VGPU_INTERNAL_H
 
@@ -37,6 +38,8 @@ void vgpu_config_from_env(struct vgpu_config *cfg);
  * (*out set), -1 when the text is malformed (then *out holds HAMi-core's lenient reading). */
 int vgpu_parse_size(const char *text, uint64_t *out);
 int vgpu_env_true(const char *name);
+/* CLOCK_MONOTONIC in nanoseconds. */
+int64_t vgpu_now_ns(void);
 
 /* ------------------------------------------------------------------ logging (config.c) */
 
@@ -62,44 +65,36 @@ enum { VGPU_NVML_HOOKS(VGPU_ENUM_ENTRY) VGPU_NVML_HOOK_COUNT_MARK, VGPU_NVML_INT
 
 extern void *vgpu_real_cuda[VGPU_CUDA_COUNT];
 extern void *vgpu_real_nvml[VGPU_NVML_COUNT];
+/* glibc's dlsym (NULL until resolved); the assembly stub jumps to it. */
+extern void *(*vgpu_real_dlsym_ptr)(void *, const char *);
 
 /* The real function `fn` with the hook's own type; NULL when the driver lacks it. */
 #define REAL(fn) ((__typeof__(&fn))vgpu_real_cuda[VGPU_IDX_##fn])
 #define REAL_NVML(fn) ((__typeof__(&fn))vgpu_real_nvml[VGPU_IDX_##fn])
-#define REQUIRE_REAL(fn)                                                                                     \
-    do {                                                                                                     \
-        vgpu_init();                                                                                         \
-        if (REAL(fn) == NULL) return CUDA_ERROR_NOT_FOUND;                                                   \
-    } while (0)
 
-/* One-time process init: config, real libcuda table. Cheap after the first call. */
-void vgpu_init(void);
-/* Loads libnvidia-ml lazily and runs the real nvmlInit_v2 once; returns 0 when NVML is usable. */
-int vgpu_nvml_ready(void);
-/* dlsym answer for a name: our hook when `name` is hooked and the lookup would reach the real driver. */
-void *vgpu_hook_for_name(const char *name);
-/* Maps a real driver entry point returned by cuGetProcAddress to our hook (or returns it unchanged). */
-void *vgpu_procaddr_map(const char *symbol, void *real_pfn, int cuda_version, cuuint64_t flags);
+/* Resolves glibc's dlsym once (safe to call before anything else, even from the dlsym stub). */
+void vgpu_resolve_real_dlsym(void);
 /* The real dlsym (glibc's), resolved once. */
 void *vgpu_real_dlsym(void *handle, const char *name);
+/* Opens the real libcuda (g_cfg.libcuda) and fills vgpu_real_cuda. Called once, by process init. */
+void vgpu_real_load(void);
+/* Opens the real libnvidia-ml (g_cfg.libnvml) and fills vgpu_real_nvml, once; needs the configuration. */
+void vgpu_nvml_load(void);
+/* Loads libnvidia-ml lazily and runs the real nvmlInit_v2 once; returns 0 when NVML is usable. */
+int vgpu_nvml_ready(void);
+/* Whether `sym` lies in the real libcuda or libnvidia-ml. */
+int vgpu_real_in_driver(const void *sym);
+void vgpu_real_atfork_child(void);
 
 static inline int vgpu_passthrough(void) { return g_cfg.disabled; }
-
-/* ------------------------------------------------------------------ devices (device.c) */
-
-/* Region index (in-container NVML index) of CUDA device ordinal `cudev`, or -1 when not representable. */
-int vgpu_dev_index(CUdevice cudev);
-/* Region index of the current context's device; -1 without a context. *ctx gets the current context. */
-int vgpu_current_dev(CUcontext *ctx);
-/* Builds the CUDA→NVML map by UUID and publishes device_num/uuids in the region (after cuInit). */
-void vgpu_devices_postinit(void);
 
 /* ------------------------------------------------------------------ shared region (region.c) */
 
 enum vgpu_mem_kind { VGPU_MEM_CONTEXT = 0, VGPU_MEM_MODULE = 1, VGPU_MEM_DATA = 2 };
 
-/* Maps the region (creating and initialising it if needed). Returns the mapping, never NULL: when the file
- * cannot be used, a private anonymous region is used instead (limits stay per process). */
+/* Maps the region (creating and initialising it if needed) with the configuration in g_cfg, which process
+ * init has read. Returns the mapping, never NULL: when the file cannot be used, a private anonymous region is
+ * used instead (limits stay per process). */
 vgpu_region_t *vgpu_region(void);
 /* Attaches and registers this process's slot (idempotent; re-registers after fork). */
 void vgpu_region_register(void);
@@ -122,6 +117,8 @@ uint64_t vgpu_region_others_sm_util(int dev, uint64_t *sum_unsat, int *n_sat);
 void vgpu_region_note_kernel(void);
 /* Resets per-process state in a fork child. */
 void vgpu_region_atfork_child(void);
+/* At normal process exit: removes this process's slot. */
+void vgpu_region_at_exit(void);
 /* For tests: detach and forget everything (does not touch the file). */
 void vgpu_region_reset_for_tests(void);
 /* Whether `pid` (with /proc start time `start`, 0 = unknown) is gone. */
@@ -159,15 +156,19 @@ int vgpu_track_set_bytes(int kind, uint64_t key, uint64_t bytes);
 int vgpu_track_drop_ctx(uintptr_t ctx, void (*fn)(const struct vgpu_track_entry *));
 /* Calls fn for every entry of `kind` (under the table lock; fn must not call back into the table). */
 void vgpu_track_each(int kind, void (*fn)(const struct vgpu_track_entry *, void *), void *arg);
+/* Empties the table (also the fork child's reset: the parent's allocations are not the child's). */
 void vgpu_track_clear(void);
 size_t vgpu_track_count(void);
 
-/* ------------------------------------------------------------------ memory (hooks_mem.c) */
+/* ------------------------------------------------------------------ devices (device.c) */
 
-void vgpu_mem_release_entry(const struct vgpu_track_entry *e);
-/* Re-reads the reserve of every tracked pool and corrects the charges. */
-void vgpu_pools_refresh(void);
-uint64_t vgpu_array_bytes(const CUDA_ARRAY3D_DESCRIPTOR *d, unsigned int levels);
+/* Region index (in-container NVML index) of CUDA device ordinal `cudev`, or -1 when not representable. */
+int vgpu_dev_index(CUdevice cudev);
+/* Region index of the current context's device; -1 without a context. *ctx gets the current context. */
+int vgpu_current_dev(CUcontext *ctx);
+/* Builds the CUDA→NVML map by UUID and publishes device_num/uuids in the region (after cuInit). */
+void vgpu_devices_postinit(void);
+void vgpu_devices_atfork_child(void);
 
 /* ------------------------------------------------------------------ SM controller (smctl.c) */
 
@@ -197,6 +198,38 @@ struct vgpu_bucket {
 };
 void vgpu_bucket_refill(struct vgpu_bucket *b, int64_t now_ns, double committed_ns);
 
-int64_t vgpu_now_ns(void);
+/* ------------------------------------------------------------------ memory hooks (hooks_mem.c) */
+
+void vgpu_mem_release_entry(const struct vgpu_track_entry *e);
+/* Re-reads the reserve of every tracked pool and corrects the charges. */
+void vgpu_pools_refresh(void);
+uint64_t vgpu_array_bytes(const CUDA_ARRAY3D_DESCRIPTOR *d, unsigned int levels);
+
+/* ------------------------------------------------------------------ context hooks (hooks_ctx.c) */
+
+void vgpu_ctx_atfork_child(void);
+
+/* ------------------------------------------------------------------ interception (intercept.c) */
+
+/* Builds the hook tables (by name; by real driver address). Called once, by process init, after real.c. */
+void vgpu_intercept_init(void);
+void vgpu_intercept_atfork_child(void);
+/* dlsym answer for a name: our hook when `name` is hooked and the lookup would reach the real driver. */
+void *vgpu_hook_for_name(const char *name);
+/* Maps a real driver entry point returned by cuGetProcAddress to our hook (or returns it unchanged). */
+void *vgpu_procaddr_map(const char *symbol, void *real_pfn, int cuda_version, cuuint64_t flags);
+
+/* ------------------------------------------------------------------ process init (process.c) */
+
+/* One-time process init (config, real libcuda table, hook tables, fork handler); cheap after the first call.
+ * The only function of process.c the hooks call. Returns 0 when called again on the thread that is running
+ * the init (the driver's constructors looking up symbols while it loads), 1 once initialised. */
+int vgpu_init(void);
+
+#define REQUIRE_REAL(fn)                                                                                     \
+    do {                                                                                                     \
+        vgpu_init();                                                                                         \
+        if (REAL(fn) == NULL) return CUDA_ERROR_NOT_FOUND;                                                   \
+    } while (0)
 
 #endif

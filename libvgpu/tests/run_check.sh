@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# make check: the unit tests and the scenario program against the ASan/UBSan build of libvgpu and the fake
-# driver. Every case uses its own cache file. Exit status is the number of failed cases (0 = pass).
+# make check: the layer rule on the release objects (check_layers.sh), then the unit tests and the scenario
+# program against the ASan/UBSan build of libvgpu and the fake driver. Every case uses its own cache file.
+# Exit status is the number of failed cases (0 = pass).
 set -u
 BUILD=${1:-build}
 HERE=$(cd "$(dirname "$0")/.." && pwd)
@@ -36,6 +37,7 @@ run() { # run <name> <expected-output-regex|-> <env...> -- <command...>
 }
 
 S="$B/asan/scenario"
+run layers "^layers: ok" -- "$HERE/tests/check_layers.sh" "$B/obj"
 run unit "0 failures" -- "$B/asan/test_unit"
 run families "^end=0" CUDA_DEVICE_MEMORY_LIMIT=1g -- "$S" families
 run oom_alloc "^one_more=2" CUDA_DEVICE_MEMORY_LIMIT=256m -- "$S" oom alloc
