@@ -30,7 +30,8 @@ from typing import Any
 import yaml
 from kubernetes import client
 
-from services.common.kube import KubeAccess, new_api_client, raw_json
+from services.common.config import KubeAccess
+from services.common.kube import new_api_client, raw_json
 from sim.local.cli import register_cluster
 from sim.local.cluster import load_cluster
 from sim.local.suite import Suite, SuiteError

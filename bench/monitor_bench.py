@@ -34,7 +34,8 @@ from kubernetes import client
 
 from services.common import shared_region as sr
 from services.common import wire
-from services.common.kube import KubeAccess, new_api_client
+from services.common.config import KubeAccess
+from services.common.kube import new_api_client
 from sim.kubelocal.server import KubeLocalThread
 from sim.local.suite import free_port
 from sim.regions import MIB, ProcUse, make_region

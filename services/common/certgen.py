@@ -39,7 +39,8 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from services.common.certs import ServingCertificate, issue_serving_certificate
-from services.common.kube import KubeAccess, KubeAccessError, new_api_client, raw_json
+from services.common.config import KubeAccess
+from services.common.kube import KubeAccessError, new_api_client, raw_json
 from services.common.log import configure_logging, get_logger
 
 PROG = "kube-vgpu-certgen"

@@ -109,7 +109,7 @@ def _check_str(what: str, value: object) -> str:
 
 
 def encode_mig_profile(profile: MigProfile) -> str:
-    """The compact form HAMi registers for one MIG profile (spec 7.6 `TestMigProfileUsesCompactWireFormat`).
+    """The compact form HAMi registers for one MIG profile (docs/hami-wire.md#codec-cases).
 
     None of these keys is `omitempty` in HAMi, so zero values are written out; `instanceCount` never is.
     """
@@ -372,7 +372,7 @@ def decode_node_devices(value: str) -> list[DeviceInfo]:
     return [_decode_json_device(i, item) for i, item in enumerate(document)]
 
 
-# --- Pod device encoding (spec 2.4) -------------------------------------------------------------------------
+# --- Pod device encoding (docs/hami-wire.md#pod-device-encoding) --------------------------------------------
 
 MISSING_FIELDS_MESSAGE: Final = (
     "pod annotation format error, missing fields, do not use nodeName in task spec"
@@ -459,7 +459,7 @@ def parse_mig_template_uuid(uuid: str) -> tuple[int, int]:
     return template, slot
 
 
-# --- Collapsing a pod's devices (spec 3.4) ------------------------------------------------------------------
+# --- Collapsing a pod's devices (docs/hami-wire.md#node-usage) ----------------------------------------------
 
 
 @dataclass(slots=True)
@@ -515,8 +515,8 @@ def collapse_pod_devices(
 def collapse_app_devices(
     pod_single_device: Sequence[Sequence[ContainerDevice]], init_count: int
 ) -> list[CollapsedDevice]:
-    """Usage once every init container has exited (spec 3.2): app containers only, sums per GPU, one slot per
-    occurrence, sorted by UUID. GPUs used only by init containers drop out."""
+    """Usage once every init container has exited (docs/hami-wire.md#caches): app containers only, sums per
+    GPU, one slot per occurrence, sorted by UUID. GPUs used only by init containers drop out."""
     return [
         CollapsedDevice(uuid, device_type, t.app_mem, t.app_cores, t.app_slots)
         for (uuid, device_type), t in sorted(_tally(pod_single_device, init_count).items())
@@ -524,7 +524,7 @@ def collapse_app_devices(
     ]
 
 
-# --- Node lock (spec 2.1, 3.8) ------------------------------------------------------------------------------
+# --- Node lock (docs/hami-wire.md#node-lock) ----------------------------------------------------------------
 
 _RFC3339_RE: Final = re.compile(
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?(Z|[+-][0-9]{2}:[0-9]{2})"
@@ -591,7 +591,7 @@ def parse_node_lock(value: str) -> NodeLock:
     )
 
 
-# --- Fit failure reasons (spec 3.5) -------------------------------------------------------------------------
+# --- Fit failure reasons (docs/hami-wire.md#fit-reasons) ----------------------------------------------------
 
 _REASON_ENTRY_RE: Final = re.compile(r"([0-9]+)/([0-9]+) +(\S.*)")
 

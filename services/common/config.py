@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -219,3 +219,13 @@ def _describe(
         message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
         lines.append(f"  {key}: {message} (from {source}, got {err.get('input')!r})")
     return "\n".join(lines)
+
+
+class KubeAccess(ConfigModel):
+    """How a service reaches the API server (the client itself is built by services.common.kube)."""
+
+    server: str | None = Field(
+        None, description="API server URL without auth (kube-local), e.g. http://127.0.0.1:8001"
+    )
+    kubeconfig: str | None = Field(None, description="path of a kubeconfig file; default $KUBECONFIG")
+    context: str | None = Field(None, description="kubeconfig context to use")

@@ -1,7 +1,8 @@
 """HAMi's shared `device-config.yaml` (ConfigMap mounted by the scheduler and the device plugin).
 
-Keys keep HAMi's camelCase spelling so an existing HAMi ConfigMap works unchanged (spec §1.2); per-node
-overrides from `config.json` (§1.3) are merged over it by the device plugin.
+Keys keep HAMi's camelCase spelling so an existing HAMi ConfigMap works unchanged
+(docs/hami-wire.md#device-config); per-node overrides from `config.json` (docs/hami-wire.md#per-node-config)
+are merged over it by the device plugin.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class NvidiaConfig(_CamelModel):
     )
 
     def request_config(self) -> NvidiaRequestConfig:
-        """The subset request parsing needs (spec §1.1)."""
+        """The subset request parsing needs (docs/hami-wire.md#request-parsing)."""
         return NvidiaRequestConfig(
             resource_count_name=self.resource_count_name,
             resource_memory_name=self.resource_memory_name,

@@ -18,7 +18,6 @@ import yaml
 from pydantic import BaseModel
 
 from services.common.config import ConfigError, add_config_flags, flag_overrides, load_config
-from services.common.grpc_server import ServiceRegistration, build_server
 from services.common.log import LogConfig, configure_logging, get_logger
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
@@ -81,17 +80,3 @@ async def wait_for_shutdown() -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
-
-
-async def serve_grpc_until_stopped(
-    prog: str, address: str, services: Sequence[ServiceRegistration] = ()
-) -> None:
-    """Serve the given services (plus health and reflection) until SIGTERM, then drain gracefully."""
-    handle = build_server(services, address)
-    await handle.start()
-    get_logger(prog).info("grpc_serving", address=handle.target, services=[s.service_name for s in services])
-    try:
-        await wait_for_shutdown()
-    finally:
-        await handle.stop(grace=5.0)
-        get_logger(prog).info("stopped")

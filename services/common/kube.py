@@ -11,23 +11,14 @@ from urllib.parse import quote
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
-from pydantic import Field
 
-from services.common.config import ConfigModel
+from services.common.config import KubeAccess
 
 SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 
 
 class KubeAccessError(RuntimeError):
     """No usable way to reach an API server; the message says what to set."""
-
-
-class KubeAccess(ConfigModel):
-    server: str | None = Field(
-        None, description="API server URL without auth (kube-local), e.g. http://127.0.0.1:8001"
-    )
-    kubeconfig: str | None = Field(None, description="path of a kubeconfig file; default $KUBECONFIG")
-    context: str | None = Field(None, description="kubeconfig context to use")
 
 
 def describe_access(access: KubeAccess, environ: Mapping[str, str] | None = None) -> str:

@@ -1,10 +1,12 @@
-"""Prometheus helpers shared by the services that serve /metrics."""
+"""`hami_build_info`, the one series every service that serves /metrics reports the same way."""
 
 from __future__ import annotations
 
 import platform
 import sys
 from importlib import metadata
+
+from services.common.prom_text import Family
 
 
 def build_info_labels() -> dict[str, str]:
@@ -23,3 +25,8 @@ def build_info_labels() -> dict[str, str]:
         "compiler": sys.implementation.name,
         "platform": f"{sys.platform}/{arch}",
     }
+
+
+def build_info_family(labels: dict[str, str]) -> Family:
+    """The family of `hami_build_info` (no zone label; its one sample is 1)."""
+    return Family("hami_build_info", "Build information", label_names=tuple(labels))

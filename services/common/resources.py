@@ -1,4 +1,5 @@
-"""Container resource requests with HAMi's rules (spec 1.1 and the 7.1 fixture table).
+"""Container resource requests with HAMi's rules (docs/hami-wire.md#request-parsing,
+docs/hami-wire.md#request-cases).
 
 Kubernetes hands us container resources as quantity strings (`"1"`, `"16Gi"`, `"500m"`); this module parses
 them exactly and turns a container's NVIDIA resources into a `ContainerDeviceRequest` the way HAMi's
@@ -213,7 +214,7 @@ def generate_container_request(
         if core.value < 0:
             # Negative compute cannot be booked; later HAMi releases reject the request, and so do we.
             return None
-        # Values above 100 are kept: Fit clamps them to 100 (spec 3.5 step 8).
+        # Values above 100 are kept: Fit clamps them to 100 (docs/hami-wire.md#fit step 8).
         cores = min(core.value, INT32_MAX)
 
     return ContainerDeviceRequest(
@@ -236,7 +237,7 @@ def pod_container_requests(
     pod_spec: Mapping[str, object], cfg: NvidiaRequestConfig = _DEFAULT_CONFIG
 ) -> list[ContainerDeviceRequest | None]:
     """One entry per container, init containers first then app containers: the index space of the pod device
-    annotation (spec 3.3 step 1). `pod_spec` is `pod["spec"]` in Kubernetes JSON shape."""
+    annotation (docs/hami-wire.md#filter step 1). `pod_spec` is `pod["spec"]` in Kubernetes JSON shape."""
     requests: list[ContainerDeviceRequest | None] = []
     for key in ("initContainers", "containers"):
         for container in _containers(pod_spec, key):

@@ -1,7 +1,7 @@
 """Reader (and, for tests, writer) of the per-container shared region that libvgpu keeps in its cache file.
 
 The region is HAMi-core's ``shared_region_t``, little-endian, C ABI on x86-64: 16 devices and 1024 process
-slots. Two layouts exist on disk (HAMi control plane spec §6.2, HAMi-core spec §6.3-6.6):
+slots. Two layouts exist on disk (docs/libvgpu-contract.md#shared-region-layout):
 
 * **v1** (HAMi-core ≥ Aug 2024; ``major_version`` 1, minor 2 written by kube-vgpu's libvgpu): 2,008,952 bytes,
   slot of 1960 bytes, ``last_kernel_time`` at 2,008,912.

@@ -15,7 +15,7 @@ from typing import Final
 # (always this literal, never the card model such as "NVIDIA-Tesla T4").
 NVIDIA: Final = "NVIDIA"
 
-# --- Node annotations (spec 2.1) ----------------------------------------------------------------------------
+# --- Node annotations (docs/hami-wire.md#node-annotations) --------------------------------------------------
 
 NODE_NVIDIA_REGISTER: Final = "hami.io/node-nvidia-register"
 NODE_NVIDIA_SCORE: Final = "hami.io/node-nvidia-score"
@@ -30,7 +30,7 @@ HANDSHAKE_REPORTED: Final = "Reported"
 HANDSHAKE_DELETED: Final = "Deleted"
 HANDSHAKE_TIME_FORMAT: Final = "%Y-%m-%d %H:%M:%S"
 
-# --- Pod annotations written by the scheduler and device plugin (spec 2.2) ----------------------------------
+# --- Pod annotations written by the scheduler and device plugin (docs/hami-wire.md#pod-annotations) ---------
 
 VGPU_NODE: Final = "hami.io/vgpu-node"  # annotation and label
 VGPU_TIME: Final = "hami.io/vgpu-time"
@@ -49,7 +49,7 @@ class BindPhase(enum.StrEnum):
     FAILED = "failed"
 
 
-# --- User-facing pod annotations (spec 2.2) -----------------------------------------------------------------
+# --- User-facing pod annotations (docs/hami-wire.md#pod-annotations) ----------------------------------------
 
 USE_GPU_TYPE: Final = "nvidia.com/use-gputype"
 NOUSE_GPU_TYPE: Final = "nvidia.com/nouse-gputype"
@@ -72,7 +72,7 @@ GPU_NODE_LABEL: Final = "gpu"  # device plugin DaemonSet nodeSelector `gpu: "on"
 GPU_NODE_LABEL_VALUE: Final = "on"
 POD_GROUP_LABEL: Final = "scheduling.x-k8s.io/pod-group"
 
-# --- Default resource names (spec 1.1; configurable through device-config.yaml) -----------------------------
+# --- Default resource names (docs/hami-wire.md#resources) ---------------------------------------------------
 
 RESOURCE_GPU: Final = "nvidia.com/gpu"
 RESOURCE_GPUMEM: Final = "nvidia.com/gpumem"
@@ -100,7 +100,7 @@ SCHEDULER_NAME: Final = "hami-scheduler"
 DEFAULT_SCHEDULER_NAME: Final = "default-scheduler"
 
 
-# --- Fit failure reasons (spec 3.5, HAMi `pkg/device/common/common.go`) -------------------------------------
+# --- Fit failure reasons (docs/hami-wire.md#fit-reasons) ----------------------------------------------------
 
 
 class Reason(enum.StrEnum):

@@ -1,9 +1,10 @@
-"""Allocate and GetPreferredAllocation as pure functions of the pod, the request and the node (spec §5.4-5.5).
+"""Allocate and GetPreferredAllocation as pure functions of the pod, the request and the node
+(docs/hami-wire.md#allocate).
 
 The scheduler wrote the pod's devices into `hami.io/vgpu-devices-to-allocate`, one slot per container (init
 containers first). The kubelet calls Allocate once per container in that same order; each call takes the
 first non-empty slot, answers the env and mounts libvgpu needs, and empties the slot. Nothing here does
-I/O: `services.device_plugin.service` fetches the pod, writes host files and patches the API.
+I/O: `services.device_plugin.servicer` fetches the pod, writes host files and patches the API.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from services.common import wire
 from services.common.codecs import WireFormatError, decode_pod_single_device, encode_pod_single_device
 from services.common.codecs import parse_bool as go_parse_bool
 from services.common.model import ContainerDevice, PodSingleDevice
+from services.device_plugin.config import PluginSettings
 from services.device_plugin.devices import physical_id
 from services.device_plugin.hostfs import HostLayout, HostPathError, LibFiles, container_dir_name
-from services.device_plugin.settings import PluginSettings
 
 ENV_VISIBLE_DEVICES = "NVIDIA_VISIBLE_DEVICES"
 ENV_MEMORY_LIMIT_PREFIX = "CUDA_DEVICE_MEMORY_LIMIT_"
@@ -84,7 +85,8 @@ def _containers(pod: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
 
 
 def container_for_slot(pod: Mapping[str, Any], slot: int) -> tuple[Mapping[str, Any], bool]:
-    """Slot i is init container i while i < #init, else app container i - #init (spec §5.5 step 3)."""
+    """Slot i is init container i while i < #init, else app container i - #init (docs/hami-wire.md#allocate
+    step 3)."""
     inits = _containers(pod, "initContainers")
     apps = _containers(pod, "containers")
     if slot < len(inits):
@@ -254,7 +256,8 @@ def preferred_for_container(
     replica_map: Mapping[str, str],
 ) -> list[str]:
     """The kubelet IDs to prefer: must-include IDs first, then for each annotated GPU not yet covered the
-    first available replica of it, up to `size` (spec §5.4). Empty when a GPU has no free replica."""
+    first available replica of it, up to `size` (docs/hami-wire.md#preferred-allocation). Empty when a GPU has
+    no free replica."""
     chosen = list(dict.fromkeys(must_include))
     covered = {physical_id(i, replica_map) for i in chosen}
     taken = set(chosen)

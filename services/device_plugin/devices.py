@@ -1,9 +1,9 @@
 """From discovered GPUs to what the node advertises: register records, kubelet replicas, capacity.
 
-Pure functions (spec §5.2-§5.3). A GPU is registered with `count = deviceSplitCount`, `devmem` = physical
-MiB x `deviceMemoryScaling` (floored), `devcore = 100 x deviceCoreScaling`, `type` = card name prefixed
-`NVIDIA-`, the NUMA node, the operating mode and its health. The kubelet sees `split` replicas per GPU,
-`<uuid>-0 ... <uuid>-<split-1>`, each with the GPU's health.
+Pure functions (docs/hami-wire.md#node-register-loop). A GPU is registered with `count = deviceSplitCount`,
+`devmem` = physical MiB x `deviceMemoryScaling` (floored), `devcore = 100 x deviceCoreScaling`, `type` = card
+name prefixed `NVIDIA-`, the NUMA node, the operating mode and its health. The kubelet sees `split` replicas
+per GPU, `<uuid>-0 ... <uuid>-<split-1>`, each with the GPU's health.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from services.common.model import DeviceInfo
+from services.device_plugin.config import PluginSettings
 from services.device_plugin.gpu import GpuInfo, device_type_name
-from services.device_plugin.settings import PluginSettings
 
 HEALTHY = "Healthy"
 UNHEALTHY = "Unhealthy"
@@ -124,9 +124,27 @@ def replicas(managed: Sequence[ManagedGpu], split_count: int) -> list[Replica]:
     ]
 
 
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What ListAndWatch sends and registration writes, at one version.
+
+    `replica_gpus` maps each replica ID to its GPU UUID: the IDs the kubelet hands back are read through it.
+    """
+
+    version: int
+    managed: tuple[ManagedGpu, ...]
+    replicas: tuple[Replica, ...]
+    replica_gpus: Mapping[str, str]
+
+    @classmethod
+    def of(cls, version: int, managed: Sequence[ManagedGpu], reps: Sequence[Replica]) -> Snapshot:
+        return cls(version, tuple(managed), tuple(reps), {r.id: r.uuid for r in reps})
+
+
 def physical_id(device_id: str, known: Mapping[str, str] | None = None) -> str:
-    """The GPU UUID behind a kubelet device ID (spec §5.4): our own replica map first; else `id::replica`
-    drops the suffix, and an ID with exactly six dashes (`GPU-<uuid>-<n>`) drops its numeric suffix."""
+    """The GPU UUID behind a kubelet device ID (docs/hami-wire.md#preferred-allocation): our own replica map
+    first; else `id::replica` drops the suffix, and an ID with exactly six dashes (`GPU-<uuid>-<n>`) drops its
+    numeric suffix."""
     if known is not None and device_id in known:
         return known[device_id]
     if "::" in device_id:

@@ -1,8 +1,8 @@
 """The one interface GPU discovery hides behind, with the data it hands up.
 
-Two backends implement it: NVML (`services.device_plugin.nvml`, real cards) and a simulated inventory
-(`sim.gpus.backend`, local mode and tests). Everything above this interface (registration,
-health, the kubelet API, Allocate) is the same code for both.
+The product implements it with NVML (`services.device_plugin.nvml`, real cards); local mode and tests run
+`kube-vgpu-sim-device-plugin`, whose backend reads a simulated inventory. Everything above this interface
+(registration, health, the kubelet API, Allocate) is the same code for both.
 
 Backends are synchronous: `discover()` is called from a worker thread and `next_event()` blocks in a
 dedicated health thread; neither touches the event loop.

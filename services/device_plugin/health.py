@@ -1,9 +1,10 @@
 """GPU health from driver events: which XIDs count, and when a card is trusted again.
 
 HAMi marks every replica of a GPU unhealthy on a critical XID that is not in its ignore list and never
-recovers it (spec §5.2). kube-vgpu keeps the ignore list (configurable) and adds a quiet period: a GPU
-made unhealthy by events is healthy again after `recovery_seconds` without another critical event
-(0 keeps HAMi's "until restart"). A GPU the backend reports as not present stays unhealthy regardless.
+recovers it (docs/hami-wire.md#device-plugin-registration). kube-vgpu keeps the ignore list (configurable) and
+adds a quiet period: a GPU made unhealthy by events is healthy again after `recovery_seconds` without another
+critical event (0 keeps HAMi's "until restart"). A GPU the backend reports as not present stays unhealthy
+regardless.
 
 Pure bookkeeping with an injectable clock; the plugin feeds it events from the backend's health thread.
 """

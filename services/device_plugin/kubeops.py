@@ -110,7 +110,8 @@ class KubeOps:
         """Remove `hami.io/mutex.lock` if `namespace/name` holds it (or it is the legacy ownerless form).
 
         True when the lock is gone afterwards (released now, or not there); False when another pod holds
-        it. Conflicts and transient errors are retried with backoff (spec §3.8: 5 steps, 100 ms, x2).
+        it. Conflicts and transient errors are retried with backoff (docs/hami-wire.md#node-lock: 5 steps, 100
+        ms, x2).
         """
         delay = base_delay
         for attempt in range(1, attempts + 1):

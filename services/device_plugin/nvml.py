@@ -62,7 +62,8 @@ class NvmlBackend:
         except nvml.NVMLError as exc:
             raise GpuBackendError(
                 f"NVML could not be initialised ({exc}): is the NVIDIA driver installed and is this "
-                "container run with the NVIDIA runtime? Use backend 'simulated' for a machine without GPUs"
+                "container run with the NVIDIA runtime? On a machine without GPUs, local mode runs "
+                "kube-vgpu-sim-device-plugin (simulated GPUs) instead"
             ) from exc
         except OSError as exc:
             raise GpuBackendError(f"NVML library could not be loaded: {exc}") from exc

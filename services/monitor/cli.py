@@ -1,4 +1,4 @@
-"""`kube-vgpu-monitor`: the per-node usage monitor (HAMi's vGPUmonitor, spec §6).
+"""`kube-vgpu-monitor`: the per-node usage monitor (HAMi's vGPUmonitor, docs/hami-wire.md#monitor-discovery).
 
 Reads every container's shared region under `<hook_path>/containers/<podUID>_<container>/` (read-only
 mappings, validated before use), pairs them with this node's pods, serves HAMi's `hami_*` metrics on
@@ -12,24 +12,11 @@ import os
 from collections.abc import Sequence
 
 from services.common.config import apply_env_aliases
-from services.common.entrypoint import run_service, wait_for_shutdown
-from services.common.log import bind_context, get_logger
+from services.common.entrypoint import run_service
 from services.monitor.config import ENV_PREFIX, HAMI_ENV_ALIASES, MonitorConfig
-from services.monitor.runtime import MonitorRuntime
+from services.monitor.runtime import run
 
 PROG = "kube-vgpu-monitor"
-log = get_logger(PROG)
-
-
-async def run(cfg: MonitorConfig) -> None:
-    bind_context(node=cfg.node_name)
-    runtime = MonitorRuntime(cfg)
-    await runtime.start()
-    try:
-        await wait_for_shutdown()
-    finally:
-        await runtime.stop()
-        log.info("stopped")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

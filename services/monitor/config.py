@@ -14,8 +14,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from services.common.config import ConfigModel, split_host_port
-from services.common.kube import KubeAccess
+from services.common.config import ConfigModel, KubeAccess, split_host_port
 from services.common.log import LogConfig
 
 ENV_PREFIX = "KUBE_VGPU_MONITOR_"
@@ -23,7 +22,8 @@ ENV_PREFIX = "KUBE_VGPU_MONITOR_"
 # Env names of HAMi's monitor container, honoured below ours: env name -> our key.
 HAMI_ENV_ALIASES: dict[str, str] = {"NODE_NAME": "node_name", "HOOK_PATH": "hook_path"}
 
-# HAMi's dynamic-MIG apply lock: while it exists the feedback loop leaves the regions alone (spec §6.4).
+# HAMi's dynamic-MIG apply lock: while it exists the feedback loop leaves the regions alone
+# (docs/hami-wire.md#monitor-feedback).
 DEFAULT_MIG_APPLY_LOCK = "/tmp/hami/hami-mig-apply.lock"
 DEFAULT_PODRESOURCES_SOCKET = "/var/lib/kubelet/pod-resources/kubelet.sock"
 
@@ -47,7 +47,7 @@ class MonitorConfig(ConfigModel):
         5.0, gt=0, description="how often <hook_path>/containers is listed (new, changed and gone caches)"
     )
     feedback_interval_seconds: float = Field(
-        5.0, gt=0, description="period of the priority / utilization-switch feedback loop (spec §6.4)"
+        5.0, gt=0, description="period of the priority / utilization-switch feedback loop"
     )
     feedback_enabled: bool = Field(
         True, description="run the feedback loop (false: the regions are only ever read)"

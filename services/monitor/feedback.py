@@ -1,4 +1,5 @@
-"""The priority feedback loop (spec control-plane §6.4, hami-core §8.5) as a pure function.
+"""The priority feedback loop (docs/hami-wire.md#monitor-feedback,
+docs/libvgpu-contract.md#priority-and-switch) as a pure function.
 
 Input: each container's `recent_kernel`, `priority`, `utilization_switch` and GPU UUIDs as read from its
 region. Output: the new values of the two fields the monitor is allowed to write, only where they change.

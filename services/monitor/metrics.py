@@ -1,4 +1,4 @@
-"""The monitor's `/metrics` (spec §6.3), built at scrape time from a fresh snapshot.
+"""The monitor's `/metrics` (docs/hami-wire.md#monitor-metrics), built at scrape time from a fresh snapshot.
 
 Container series (one per container and GPU), all with the constant label `zone="vGPU"`:
 
@@ -29,9 +29,10 @@ Monitor health: `kube_vgpu_monitor_region_errors_total{reason}` (skipped cache f
 version), `kube_vgpu_monitor_regions_mapped`, `kube_vgpu_monitor_container_dirs`,
 `kube_vgpu_monitor_stale_dirs_removed_total`, `kube_vgpu_monitor_feedback_writes_total`.
 
-The same families feed a dedicated `CollectorRegistry` (`MonitorMetrics.registry`) and a direct text writer
-that `/metrics` uses: prometheus_client's generic writer needs about 0.1 s for the 10,000 series of 1,000
-containers, the direct one a fraction of that, and tests check both give the same families.
+The same families feed a dedicated `CollectorRegistry` (`MonitorMetrics.registry`) and the direct text writer
+of `services.common.prom_text` that `/metrics` uses: prometheus_client's generic writer needs about 0.1 s for
+the 10,000 series of 1,000 containers, the direct one a fraction of that, and tests check both give the same
+families.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 from typing import Final
 
 from aiohttp import web
@@ -48,24 +50,31 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from services.common.metrics import build_info_labels
+from services.common.metrics import build_info_family, build_info_labels
+from services.common.prom_text import (
+    CONTENT_TYPE,
+    COUNTER,
+    Family,
+    FamilySamples,
+    LabelSet,
+    LineCache,
+    exact_number,
+    render_text,
+)
 from services.monitor.hostgpu import HostGpuStat
 from services.monitor.monitor import ContainerView, DeviceView, Snapshot
 
 __all__ = [
     "CONTAINER_LABELS",
     "HOST_LABELS",
-    "TEXT_CONTENT_TYPE",
     "ZONE",
     "ErrorCounts",
+    "MonitorCounters",
     "MonitorMetrics",
-    "build_info_labels",
     "metrics_app",
-    "render_text",
 ]
 
 ZONE: Final = "vGPU"
-TEXT_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 CONTAINER_LABELS: Final = (
     "zone",
     "node",
@@ -79,71 +88,13 @@ CONTAINER_LABELS: Final = (
 HOST_LABELS: Final = ("zone", "node", "device_index", "device_uuid", "device_type")
 
 
-def _escape_label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _escape_help(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def _number(value: float) -> str:
-    if isinstance(value, int):
-        return str(value)
-    if value != value:
-        return "NaN"
-    if value in (float("inf"), float("-inf")):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(value)
-
-
-class LabelSet:
-    """Label values plus their rendered `{k="v",...}` text, shared by every family of one device."""
-
-    __slots__ = ("_text", "names", "values")
-
-    def __init__(self, names: Sequence[str], values: Sequence[str]) -> None:
-        self.names = tuple(names)
-        self.values = tuple(values)
-        self._text: str | None = None
-
-    @property
-    def text(self) -> str:
-        if self._text is None:
-            pairs = zip(self.names, self.values, strict=True)
-            inner = ",".join(f'{k}="{_escape_label(v)}"' for k, v in pairs)
-            self._text = "{" + inner + "}" if inner else ""
-        return self._text
-
-
-@dataclass(slots=True)
-class Family:
-    name: str
-    help: str
-    type: str  # "gauge" or "counter" (a counter's name ends in _total)
-    label_names: tuple[str, ...]
-    samples: list[tuple[LabelSet, float]] = field(default_factory=list)
-
-    def add(self, labels: LabelSet, value: float) -> None:
-        self.samples.append((labels, value))
-
-
-def render_text(families: Iterable[Family]) -> str:
-    """Prometheus text format 0.0.4."""
-    out: list[str] = []
-    for fam in families:
-        out.append(f"# HELP {fam.name} {_escape_help(fam.help)}\n# TYPE {fam.name} {fam.type}\n")
-        name = fam.name
-        out.extend(f"{name}{labels.text} {_number(value)}\n" for labels, value in fam.samples)
-    return "".join(out)
-
-
-def _to_metric(fam: Family) -> Metric:
+def _to_metric(fam: FamilySamples) -> Metric:
+    family = fam.family
     metric: GaugeMetricFamily | CounterMetricFamily
-    if fam.type == "counter":
-        metric = CounterMetricFamily(fam.name, fam.help, labels=list(fam.label_names))
+    if family.type == COUNTER:
+        metric = CounterMetricFamily(family.name, family.help, labels=list(family.label_names))
     else:
-        metric = GaugeMetricFamily(fam.name, fam.help, labels=list(fam.label_names))
+        metric = GaugeMetricFamily(family.name, family.help, labels=list(family.label_names))
     for labels, value in fam.samples:
         metric.add_metric(list(labels.values), value)
     return metric
@@ -165,18 +116,21 @@ class ErrorCounts:
             return dict(self._counts)
 
 
-# The container families, in output order: (name, help). The one at _ELAPSED depends on the scrape time.
-_CONTAINER_FAMILIES: Final = (
-    ("hami_vgpu_memory_used_bytes", "vGPU device memory used by the container"),
-    ("hami_vgpu_memory_limit_bytes", "vGPU device memory limit of the container"),
-    ("hami_vgpu_core_used_percent", "vGPU SM utilisation of the container, percent of a GPU"),
-    ("hami_vgpu_core_limit_percent", "vGPU SM limit of the container, percent of a GPU"),
-    ("hami_container_device_memory_bytes", "Container device memory usage"),
-    ("hami_container_device_utilization_ratio", "Container device SM utilisation (0-100)"),
-    ("hami_container_last_kernel_elapsed_seconds", "Seconds since the container's last kernel launch"),
-    ("hami_vgpu_memory_context_bytes", "vGPU device memory used by CUDA contexts"),
-    ("hami_vgpu_memory_module_bytes", "vGPU device memory used by loaded modules"),
-    ("hami_vgpu_memory_buffer_bytes", "vGPU device memory used by allocations"),
+# The container families, in output order. The one at _ELAPSED depends on the scrape time.
+_CONTAINER_FAMILIES: Final = tuple(
+    Family(name, help_text, label_names=CONTAINER_LABELS)
+    for name, help_text in (
+        ("hami_vgpu_memory_used_bytes", "vGPU device memory used by the container"),
+        ("hami_vgpu_memory_limit_bytes", "vGPU device memory limit of the container"),
+        ("hami_vgpu_core_used_percent", "vGPU SM utilisation of the container, percent of a GPU"),
+        ("hami_vgpu_core_limit_percent", "vGPU SM limit of the container, percent of a GPU"),
+        ("hami_container_device_memory_bytes", "Container device memory usage"),
+        ("hami_container_device_utilization_ratio", "Container device SM utilisation (0-100)"),
+        ("hami_container_last_kernel_elapsed_seconds", "Seconds since the container's last kernel launch"),
+        ("hami_vgpu_memory_context_bytes", "vGPU device memory used by CUDA contexts"),
+        ("hami_vgpu_memory_module_bytes", "vGPU device memory used by loaded modules"),
+        ("hami_vgpu_memory_buffer_bytes", "vGPU device memory used by allocations"),
+    )
 )
 _ELAPSED: Final = 6
 
@@ -212,8 +166,8 @@ def _device_values(device: DeviceView) -> tuple[int, ...]:
     )
 
 
-def container_families(snapshot: Snapshot, now: float) -> list[Family]:
-    families = [Family(name, help_text, "gauge", CONTAINER_LABELS) for name, help_text in _CONTAINER_FAMILIES]
+def container_families(snapshot: Snapshot, now: float) -> list[FamilySamples]:
+    families = [FamilySamples(family) for family in _CONTAINER_FAMILIES]
     fixed = families[:_ELAPSED] + families[_ELAPSED + 1 :]
     last_kernel = families[_ELAPSED]
     for view in snapshot.containers:
@@ -229,7 +183,7 @@ def container_families(snapshot: Snapshot, now: float) -> list[Family]:
     return families
 
 
-_FIXED_NAMES: Final = tuple(name for i, (name, _) in enumerate(_CONTAINER_FAMILIES) if i != _ELAPSED)
+_FIXED_NAMES: Final = tuple(family.name for i, family in enumerate(_CONTAINER_FAMILIES) if i != _ELAPSED)
 
 
 def _label_key(node: str, view: ContainerView) -> tuple[object, ...]:
@@ -247,7 +201,6 @@ def _label_key(node: str, view: ContainerView) -> tuple[object, ...]:
 class _ContainerText:
     """One container's rendered lines: per fixed family (bytes), and the line prefixes of every family."""
 
-    view: ContainerView
     label_key: tuple[object, ...]
     prefixes: tuple[tuple[str, ...], ...]  # per device: the fixed families' "name{labels} ", then _ELAPSED's
     fixed: tuple[bytes, ...]
@@ -258,14 +211,14 @@ def _container_text(node: str, view: ContainerView, old: _ContainerText | None) 
     if old is not None and old.label_key == label_key:
         prefixes = old.prefixes
     else:
-        elapsed_name = _CONTAINER_FAMILIES[_ELAPSED][0]
+        elapsed_name = _CONTAINER_FAMILIES[_ELAPSED].name
         texts = [_device_labels(node, view, device).text for device in view.devices]
         prefixes = tuple(
             (*(f"{name}{text} " for name in _FIXED_NAMES), f"{elapsed_name}{text} ") for text in texts
         )
     lines = [
         [
-            prefix + (str(value) if value.__class__ is int else _number(value)) + "\n"
+            prefix + (str(value) if value.__class__ is int else exact_number(value)) + "\n"
             for prefix, value in zip(device_prefixes, _device_values(device), strict=False)
         ]
         for device, device_prefixes in zip(view.devices, prefixes, strict=True)
@@ -274,7 +227,7 @@ def _container_text(node: str, view: ContainerView, old: _ContainerText | None) 
         fixed = tuple(line.encode() for line in lines[0])
     else:
         fixed = tuple("".join(device[i] for device in lines).encode() for i in range(len(_FIXED_NAMES)))
-    return _ContainerText(view, label_key, prefixes, fixed)
+    return _ContainerText(label_key, prefixes, fixed)
 
 
 class _ContainerRenderer:
@@ -284,31 +237,26 @@ class _ContainerRenderer:
     formatted at each scrape. The output is byte for byte `render_text(container_families(...))`."""
 
     def __init__(self) -> None:
-        self._cache: dict[tuple[str, str, bool], _ContainerText] = {}
-        self._headers = tuple(
-            f"# HELP {name} {_escape_help(help_text)}\n# TYPE {name} gauge\n".encode()
-            for name, help_text in _CONTAINER_FAMILIES
+        self._headers = tuple(family.header().encode() for family in _CONTAINER_FAMILIES)
+        self._for_node("")
+
+    def _for_node(self, node: str) -> None:
+        """Forget every kept line: the node's name is in each of them."""
+        self._node = node
+        self._texts: LineCache[tuple[str, str], ContainerView, _ContainerText] = LineCache(
+            partial(_container_text, node), reuse_equal=True
         )
 
     def render(self, snapshot: Snapshot, now: float) -> list[bytes]:
-        old = self._cache
-        cache: dict[tuple[str, str, bool], _ContainerText] = {}
-        node = snapshot.node
-        texts: list[_ContainerText] = []
+        if snapshot.node != self._node:
+            self._for_node(snapshot.node)
+        views = [view for view in snapshot.containers if view.attributed]
+        texts = self._texts.refresh([((v.pod_uid, v.container), v) for v in views])
         elapsed_lines: list[str] = []
-        for view in snapshot.containers:
-            if not view.attributed:
-                continue
-            key = (view.pod_uid, view.container, view.attributed)
-            text = old.get(key)
-            if text is None or text.label_key[0] != node or (text.view is not view and text.view != view):
-                text = _container_text(node, view, text)
-            cache[key] = text
-            texts.append(text)
+        for view, text in zip(views, texts, strict=True):
             if view.last_kernel_time > 0:
-                value = _number(max(0.0, now - view.last_kernel_time))
+                value = exact_number(max(0.0, now - view.last_kernel_time))
                 elapsed_lines.extend(f"{prefix[-1]}{value}\n" for prefix in text.prefixes)
-        self._cache = cache
         out: list[bytes] = []
         headers = self._headers
         for i in range(_ELAPSED):
@@ -322,16 +270,21 @@ class _ContainerRenderer:
         return out
 
 
-def host_families(node: str, stats: Sequence[HostGpuStat]) -> list[Family]:
+def host_families(node: str, stats: Sequence[HostGpuStat]) -> list[FamilySamples]:
     if not stats:
         return []
-    memory = Family("hami_host_gpu_memory_used_bytes", "GPU device memory used", "gauge", HOST_LABELS)
-    util = Family("hami_host_gpu_utilization_ratio", "GPU utilisation (0-100)", "gauge", HOST_LABELS)
-    mem_util = Family(
-        "hami_host_gpu_memory_controller_utilization_ratio",
-        "GPU memory controller utilisation (0-100)",
-        "gauge",
-        HOST_LABELS,
+    memory = FamilySamples(
+        Family("hami_host_gpu_memory_used_bytes", "GPU device memory used", label_names=HOST_LABELS)
+    )
+    util = FamilySamples(
+        Family("hami_host_gpu_utilization_ratio", "GPU utilisation (0-100)", label_names=HOST_LABELS)
+    )
+    mem_util = FamilySamples(
+        Family(
+            "hami_host_gpu_memory_controller_utilization_ratio",
+            "GPU memory controller utilisation (0-100)",
+            label_names=HOST_LABELS,
+        )
     )
     for gpu in stats:
         labels = LabelSet(HOST_LABELS, (ZONE, node, str(gpu.index), gpu.uuid, gpu.type))
@@ -350,40 +303,42 @@ class MonitorCounters:
     feedback_writes: int
 
 
-def own_families(counters: MonitorCounters) -> list[Family]:
-    errors = Family(
-        "kube_vgpu_monitor_region_errors_total",
-        "Cache files skipped as truncated, corrupt or foreign (once per file version), by reason",
-        "counter",
-        ("reason",),
-    )
+_REGION_ERRORS: Final = Family(
+    "kube_vgpu_monitor_region_errors_total",
+    "Cache files skipped as truncated, corrupt or foreign (once per file version), by reason",
+    COUNTER,
+    ("reason",),
+)
+_REGIONS_MAPPED: Final = Family("kube_vgpu_monitor_regions_mapped", "Container caches mapped now")
+_CONTAINER_DIRS: Final = Family(
+    "kube_vgpu_monitor_container_dirs", "Container cache dirs seen by the last scan"
+)
+_STALE_REMOVED: Final = Family(
+    "kube_vgpu_monitor_stale_dirs_removed_total", "Cache dirs of gone pods removed", COUNTER
+)
+_FEEDBACK_WRITES: Final = Family(
+    "kube_vgpu_monitor_feedback_writes_total",
+    "Region fields written by the feedback loop (recent_kernel, utilization_switch)",
+    COUNTER,
+)
+_NO_LABELS: Final = LabelSet((), ())
+
+
+def own_families(counters: MonitorCounters) -> list[FamilySamples]:
+    errors = FamilySamples(_REGION_ERRORS)
     for reason, count in sorted(counters.region_errors.items()):
         errors.add(LabelSet(("reason",), (reason,)), count)
-    none = LabelSet((), ())
-    mapped = Family("kube_vgpu_monitor_regions_mapped", "Container caches mapped now", "gauge", ())
-    mapped.add(none, counters.regions_mapped)
-    dirs = Family(
-        "kube_vgpu_monitor_container_dirs", "Container cache dirs seen by the last scan", "gauge", ()
-    )
-    dirs.add(none, counters.container_dirs)
-    stale = Family(
-        "kube_vgpu_monitor_stale_dirs_removed_total", "Cache dirs of gone pods removed", "counter", ()
-    )
-    stale.add(none, counters.stale_removed)
-    writes = Family(
-        "kube_vgpu_monitor_feedback_writes_total",
-        "Region fields written by the feedback loop (recent_kernel, utilization_switch)",
-        "counter",
-        (),
-    )
-    writes.add(none, counters.feedback_writes)
-    return [errors, mapped, dirs, stale, writes]
+    return [
+        errors,
+        FamilySamples(_REGIONS_MAPPED, [(_NO_LABELS, counters.regions_mapped)]),
+        FamilySamples(_CONTAINER_DIRS, [(_NO_LABELS, counters.container_dirs)]),
+        FamilySamples(_STALE_REMOVED, [(_NO_LABELS, counters.stale_removed)]),
+        FamilySamples(_FEEDBACK_WRITES, [(_NO_LABELS, counters.feedback_writes)]),
+    ]
 
 
-def build_info_family(labels: dict[str, str]) -> Family:
-    info = Family("hami_build_info", "Build information", "gauge", tuple(labels))
-    info.add(LabelSet(tuple(labels), tuple(labels.values())), 1)
-    return info
+def _build_info(labels: dict[str, str]) -> FamilySamples:
+    return FamilySamples(build_info_family(labels), [(LabelSet(tuple(labels), tuple(labels.values())), 1)])
 
 
 class MonitorMetrics:
@@ -408,12 +363,12 @@ class MonitorMetrics:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_RegistryBridge(self))
 
-    def families(self) -> list[Family]:
+    def families(self) -> list[FamilySamples]:
         snapshot = self._snapshot()
         return [
             *container_families(snapshot, self._clock()),
             *host_families(snapshot.node, self._host_stats()),
-            build_info_family(self._build_info),
+            _build_info(self._build_info),
             *own_families(self._counters()),
         ]
 
@@ -424,7 +379,7 @@ class MonitorMetrics:
             parts = self._containers.render(snapshot, self._clock())
         rest = [
             *host_families(snapshot.node, self._host_stats()),
-            build_info_family(self._build_info),
+            _build_info(self._build_info),
             *own_families(self._counters()),
         ]
         parts.append(render_text(rest).encode())
@@ -453,7 +408,7 @@ def metrics_app(render: Callable[[], bytes], *, offload: bool = True) -> web.App
 
     async def serve(_: web.Request) -> web.Response:
         body = await asyncio.to_thread(render) if offload else render()
-        return web.Response(body=body, headers={"Content-Type": TEXT_CONTENT_TYPE})
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok")

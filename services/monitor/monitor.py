@@ -86,8 +86,6 @@ class _CachedView:
 class MonitorStats:
     stale_removed: int = 0
     feedback_writes: int = 0
-    feedback_passes: int = 0
-    scans: int = 0
 
 
 def _short_uuid(uuid: str) -> str:
@@ -234,7 +232,6 @@ class Monitor:
                 self.podresources.refresh()
             self.store.scan()
             self.remove_stale_dirs()
-            self.stats.scans += 1
 
     def remove_stale_dirs(self) -> list[str]:
         """Dirs whose pod UID is unknown to a synced pod source and whose mtime is older than the grace."""
@@ -361,6 +358,5 @@ class Monitor:
                     name, UTILIZATION_SWITCH, write.utilization_switch
                 ):
                     written += 1
-            self.stats.feedback_passes += 1
             self.stats.feedback_writes += written
             return written

@@ -3,8 +3,9 @@
 `PodIndex` is fed by reflector events (pods with `spec.nodeName=<node>`, and this node's object for its
 registered GPU inventory) and keeps, per pod UID, what the monitor needs: namespace, name, phase, the
 containers that may hold a cache, and each container's slot of `hami.io/vgpu-devices-allocated` (slot i is
-init container i while i < #init, else app container i - #init: HAMi's contract, spec §5.5). A container's
-limits are therefore known as soon as the scheduler allocated them, before its first CUDA call (HAMi#1814).
+init container i while i < #init, else app container i - #init: HAMi's contract, docs/hami-wire.md#allocate).
+A container's limits are therefore known as soon as the scheduler allocated them, before its first CUDA call
+(HAMi#1814).
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """The running monitor: pod watch, scan and feedback loops, `/metrics` and MonitorService.
 
+`run` is the process (`cli.main` hands it the parsed config): it starts a `MonitorRuntime` and stops it on
+SIGTERM. The integration tests start `MonitorRuntime` in-process.
+
 Without any Kubernetes access (no kube.server, kubeconfig or service account) the monitor still runs: it
 maps and validates caches, serves host metrics and its own counters, but cannot name the pods behind the
 caches (so no container series) and never removes a directory.
@@ -16,9 +19,10 @@ from aiohttp import web
 from kubernetes import client
 
 from services.common.config import split_host_port
+from services.common.entrypoint import wait_for_shutdown
 from services.common.grpc_server import GrpcServerHandle, build_server
 from services.common.kube import KubeAccessError, describe_access, new_api_client
-from services.common.log import get_logger
+from services.common.log import bind_context, get_logger
 from services.common.reflector import Reflector
 from services.monitor.codec import KNOWN_REASONS
 from services.monitor.config import MonitorConfig
@@ -28,7 +32,9 @@ from services.monitor.monitor import Monitor
 from services.monitor.podresources import PodResourcesClient, PodResourcesSource
 from services.monitor.pods import PodIndex
 from services.monitor.regions import OWN_REASONS, RegionStore
-from services.monitor.service import SERVICE_NAME, MonitorServicer
+from services.monitor.servicer import SERVICE_NAME, MonitorServicer
+
+__all__ = ["MonitorRuntime", "run"]
 
 log = get_logger("monitor")
 
@@ -218,3 +224,15 @@ class MonitorRuntime:
         if self._api is not None and self._own_api:
             self._api.close()
         self._api = None
+
+
+async def run(cfg: MonitorConfig) -> None:
+    """The monitor process: serve until SIGTERM/SIGINT, then stop in order."""
+    bind_context(node=cfg.node_name)
+    runtime = MonitorRuntime(cfg)
+    await runtime.start()
+    try:
+        await wait_for_shutdown()
+    finally:
+        await runtime.stop()
+        get_logger("kube-vgpu-monitor").info("stopped")

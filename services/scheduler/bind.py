@@ -1,4 +1,5 @@
-"""The bind verb (spec §3.8, known weaknesses 1, 3, 18, 19): the reservation moves from Filter to Bind.
+"""The bind verb (docs/hami-wire.md#bind, docs/weaknesses.md#filter-picks-one-node): the reservation moves
+from Filter to Bind.
 
 For a GPU pod on node N, with a per-node asyncio lock held (binds of this process onto one node queue up):
 
@@ -38,17 +39,11 @@ from services.common.kube import call_json, core_path
 from services.common.log import get_logger
 from services.common.resources import NvidiaRequestConfig
 from services.scheduler.cache import Reservation, UsageCache
+from services.scheduler.decoders import pod_context
 from services.scheduler.events import EventRecorder
 from services.scheduler.extender_api import BindArgs
 from services.scheduler.filtering import NORMAL, WARNING, EventText
-from services.scheduler.fit import (
-    MigAssignment,
-    NodeFit,
-    PodAnnotationError,
-    SchedulingPolicy,
-    fit_pod,
-    pod_context,
-)
+from services.scheduler.fit import MigAssignment, NodeFit, PodAnnotationError, SchedulingPolicy, fit_pod
 from services.scheduler.nodelock import MERGE_PATCH, LockError, NodeLocks
 from services.scheduler.offload import offload
 
@@ -81,7 +76,8 @@ class BindError(RuntimeError):
 
 
 def encode_mig_allocations(assignments: tuple[MigAssignment, ...]) -> str:
-    """`hami.io/vgpu-mig-allocations` (spec §2.5) without the runtime fields the device plugin adds."""
+    """`hami.io/vgpu-mig-allocations` (docs/hami-wire.md#mig-allocations) without the runtime fields the
+    device plugin adds."""
     return json.dumps(
         [
             {

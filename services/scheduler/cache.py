@@ -1,10 +1,13 @@
-"""The scheduler's in-memory view of GPU nodes, GPU pods and quotas (spec §3.2, §3.4), fed by watch events.
+"""The scheduler's in-memory view of GPU nodes, GPU pods and quotas (docs/hami-wire.md#caches), fed by watch
+events.
 
 `UsageCache` holds plain data and does no I/O: reflector threads call `on_node_event` / `on_pod_event` /
 `on_quota_event`, the extender (event loop thread) and the gRPC SchedulerService read `snapshot`,
-`quota_view`, `pods`, `nodes`. One lock guards it, so readers always see a consistent state.
+`quota_view`, `pods`, `nodes`. One lock guards it, so readers always see a consistent state. The objects are
+decoded by `services.scheduler.decoders` (nodes, pods) and `services.scheduler.quota` (ResourceQuotas).
 
-Rules (HAMi's, with its phantom-usage bugs fixed, known weakness 3 and 4):
+Rules (HAMi's, with its phantom-usage bugs fixed, docs/weaknesses.md#phantom-usage and
+docs/weaknesses.md#wedged-nodes):
 
 - A pod counts once it carries `hami.io/vgpu-node` and a decodable `hami.io/vgpu-devices-allocated`, keyed by
   its UID. Succeeded/Failed pods and deleted pods free their usage at once (HAMi#2923); a terminating pod
@@ -12,7 +15,8 @@ Rules (HAMi's, with its phantom-usage bugs fixed, known weakness 3 and 4):
   (HAMi PR #2812). State is recomputed from the object on every event, so a restart (LIST replay) ends in
   exactly the same state as the live watch did.
 - Once every run-to-completion init container has terminated with exit code 0, the pod's init-only usage is
-  released: usage becomes that of its long-running containers (spec §3.2, native sidecars stay counted).
+  released: usage becomes that of its long-running containers (docs/hami-wire.md#caches; native sidecars stay
+  counted).
 - Binds under way are *reservations*: they count on their node from the re-fit until the pod's own
   annotations are seen (or the bind is rolled back). A reservation overrides whatever an older version of the
   pod said, so a pod is never counted twice.
@@ -27,7 +31,6 @@ read builds it again. A filter over 1000 nodes therefore costs a dictionary look
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
@@ -36,44 +39,32 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from services.common import wire
-from services.common.codecs import WireFormatError, decode_node_devices, decode_pod_single_device
 from services.common.log import get_logger
-from services.common.model import (
-    CollapsedDevice,
-    DeviceInfo,
-    DeviceUsage,
-    MigPlacement,
-    PodSingleDevice,
+from services.common.model import DeviceUsage, MigPlacement, PodSingleDevice
+from services.scheduler.allocation import apply_allocation
+from services.scheduler.decoders import (
+    NodeState,
+    PodUsage,
+    metadata_of,
+    node_state_from_object,
+    pod_finished,
+    pod_usage_from_object,
 )
-from services.common.resources import quantity_as_int64
-from services.scheduler.fit import (
-    NamespaceQuota,
-    NodeFit,
-    NodeSnapshot,
-    QuotaEntry,
-    QuotaView,
-    apply_allocation,
-    collapse_allocation,
-)
-from services.scheduler.health import NodeHealth, allocatable_gpus, needs_handshake, next_dropped, node_health
+from services.scheduler.fit import NodeFit, NodeSnapshot
+from services.scheduler.health import NodeHealth, needs_handshake
+from services.scheduler.quota import QuotaLimit, QuotaView, build_quota_view, tracked_limits
 
 __all__ = [
     "CachedSnapshot",
-    "NodeState",
-    "PodUsage",
-    "QuotaLimit",
     "Reservation",
     "UsageCache",
-    "init_containers_done",
-    "pod_usage_from_object",
+    "build_snapshot",
 ]
 
 log = get_logger(__name__)
 
 Obj = dict[str, Any]
 
-_TERMINAL_PHASES: Final = frozenset({"Succeeded", "Failed"})
-_NEVER: Final = datetime.min.replace(tzinfo=UTC)  # a time the time-independent health rules never read
 _DELETED: Final = "DELETED"
 
 
@@ -81,145 +72,7 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def _mapping(value: object) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
-
-
-def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
-    return _mapping(obj.get("metadata"))
-
-
-def _str_map(value: object) -> dict[str, str]:
-    if not isinstance(value, Mapping):
-        return {}
-    return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)}
-
-
-# --- Pods ---------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class PodUsage:
-    """A GPU pod as the usage computation sees it. `allocation` is the decoded
-    `hami.io/vgpu-devices-allocated` (slot i = container i, init containers first)."""
-
-    uid: str
-    namespace: str
-    name: str
-    node: str
-    allocation: PodSingleDevice
-    init_count: int = 0
-    sidecar_slots: frozenset[int] = frozenset()
-    init_released: bool = False
-    terminating: bool = False
-    bind_phase: str = ""
-    scheduled_unix: int = 0
-    mig: tuple[tuple[str, MigPlacement], ...] = ()
-
-    @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
-
-    def effective_allocation(self) -> PodSingleDevice:
-        """The allocation that still holds resources: init containers drop out once they have all exited."""
-        if not self.init_released:
-            return self.allocation
-        return [
-            [] if slot < self.init_count and slot not in self.sidecar_slots else list(cards)
-            for slot, cards in enumerate(self.allocation)
-        ]
-
-    def collapsed(self) -> list[CollapsedDevice]:
-        """Per-GPU usage (HAMi `CollapseInitContainerUsage`, sidecar-aware), sorted by UUID."""
-        return collapse_allocation(self.effective_allocation(), self.init_count, self.sidecar_slots)
-
-
-def _init_containers(spec: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    raw = spec.get("initContainers")
-    return [c for c in raw if isinstance(c, Mapping)] if isinstance(raw, list) else []
-
-
-def init_containers_done(pod: Mapping[str, Any]) -> bool:
-    """Whether every run-to-completion init container has terminated with exit code 0 (native sidecars,
-    `restartPolicy: Always`, keep running and are not waited for)."""
-    spec = _mapping(pod.get("spec"))
-    status = _mapping(pod.get("status"))
-    inits = [c.get("name") for c in _init_containers(spec) if c.get("restartPolicy") != "Always"]
-    if not inits:
-        return False
-    statuses = status.get("initContainerStatuses")
-    by_name = {
-        s.get("name"): s for s in (statuses if isinstance(statuses, list) else []) if isinstance(s, Mapping)
-    }
-    for name in inits:
-        terminated = _mapping(_mapping(by_name.get(name)).get("state")).get("terminated")
-        if not isinstance(terminated, Mapping) or terminated.get("exitCode") != 0:
-            return False
-    return True
-
-
-def _mig_assignments(value: str | None) -> tuple[tuple[str, MigPlacement], ...]:
-    """(GPU UUID, placement) pairs of `hami.io/vgpu-mig-allocations` (spec §2.5), bad entries skipped."""
-    if not value:
-        return ()
-    try:
-        entries = json.loads(value)
-    except ValueError:
-        return ()
-    found: list[tuple[str, MigPlacement]] = []
-    for entry in entries if isinstance(entries, list) else []:
-        if not isinstance(entry, dict):
-            continue
-        uuid, placement = entry.get("gpuUUID"), entry.get("placement")
-        if isinstance(uuid, str) and isinstance(placement, dict):
-            start, size = placement.get("start"), placement.get("size")
-            if isinstance(start, int) and isinstance(size, int):
-                found.append((uuid, MigPlacement(start, size)))
-    return tuple(found)
-
-
-def pod_usage_from_object(pod: Mapping[str, Any]) -> tuple[PodUsage | None, str | None]:
-    """The usage a pod object holds, or None when it holds none; the second value explains an annotation
-    that could not be decoded (the pod then holds none either, and the caller logs it)."""
-    metadata = _meta(pod)
-    annotations = _str_map(metadata.get("annotations"))
-    node = annotations.get(wire.VGPU_NODE)
-    uid = metadata.get("uid")
-    if not node or not isinstance(uid, str) or not uid:
-        return None, None
-    status = _mapping(pod.get("status"))
-    if status.get("phase") in _TERMINAL_PHASES:
-        return None, None
-    raw = annotations.get(wire.VGPU_DEVICES_ALLOCATED)
-    if raw is None:
-        return None, None
-    try:
-        allocation = decode_pod_single_device(raw)
-    except WireFormatError as exc:
-        return None, str(exc)
-    spec = _mapping(pod.get("spec"))
-    inits = _init_containers(spec)
-    try:
-        scheduled = int(annotations.get(wire.VGPU_TIME, "0"))
-    except ValueError:
-        scheduled = 0
-    usage = PodUsage(
-        uid=uid,
-        namespace=str(metadata.get("namespace") or ""),
-        name=str(metadata.get("name") or ""),
-        node=node,
-        allocation=allocation,
-        init_count=len(inits),
-        sidecar_slots=frozenset(i for i, c in enumerate(inits) if c.get("restartPolicy") == "Always"),
-        init_released=init_containers_done(pod),
-        terminating=bool(metadata.get("deletionTimestamp")),
-        bind_phase=annotations.get(wire.BIND_PHASE, ""),
-        scheduled_unix=scheduled,
-        mig=_mig_assignments(annotations.get(wire.VGPU_MIG_ALLOCATIONS)),
-    )
-    if not any(usage.allocation):
-        return None, None
-    return usage, None
+# --- Reservations -------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,123 +102,6 @@ class Reservation:
             bind_phase=wire.BindPhase.ALLOCATING.value,
             mig=self.mig,
         )
-
-
-# --- Nodes --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class NodeState:
-    """A node as last seen: its registered GPUs and what the health rules need."""
-
-    name: str
-    labels: Mapping[str, str]
-    annotations: Mapping[str, str]
-    devices: tuple[DeviceInfo, ...]
-    register: str | None
-    decode_error: str | None
-    allocatable: int | None
-    dropped: bool = False
-    # The device plugin re-registered while the kubelet shows no GPUs: the leader restarts the grace period
-    # with a fresh handshake request (sticky until the handshake value changes).
-    refresh_handshake: bool = False
-    resource_version: str = ""
-
-    def schedules_like(self, other: NodeState) -> bool:
-        """Whether fitting reads the same from both: they differ at most in the node lock annotation (taken
-        and released around every bind) and the resourceVersion, which no snapshot depends on."""
-        return (
-            self.register == other.register
-            and self.devices == other.devices
-            and self.decode_error == other.decode_error
-            and self.allocatable == other.allocatable
-            and self.dropped == other.dropped
-            and self.refresh_handshake == other.refresh_handshake
-            and self.labels == other.labels
-            and _without_lock(self.annotations) == _without_lock(other.annotations)
-        )
-
-    @property
-    def steady_health(self) -> NodeHealth | None:
-        """The node's health when it does not depend on the time (every case but a handshake awaiting the
-        kubelet), else None."""
-        if self.decode_error is not None or not self.devices:
-            return self.health(_NEVER)
-        if (self.allocatable is not None and self.allocatable > 0) or self.dropped:
-            return self.health(_NEVER)
-        return None
-
-    def health(self, now: datetime) -> NodeHealth:
-        if self.decode_error is not None:
-            return NodeHealth(False, f"undecodable {wire.NODE_NVIDIA_REGISTER}: {self.decode_error}")
-        return node_health(
-            device_count=len(self.devices),
-            allocatable=self.allocatable,
-            dropped=self.dropped,
-            handshake=self.annotations.get(wire.NODE_HANDSHAKE),
-            now=now,
-        )
-
-    @property
-    def handshake(self) -> str | None:
-        return self.annotations.get(wire.NODE_HANDSHAKE)
-
-
-def _without_lock(annotations: Mapping[str, str]) -> Mapping[str, str]:
-    if wire.NODE_LOCK not in annotations:
-        return annotations
-    return {k: v for k, v in annotations.items() if k != wire.NODE_LOCK}
-
-
-def node_state_from_object(node: Mapping[str, Any], previous: NodeState | None = None) -> NodeState:
-    metadata = _meta(node)
-    annotations = _str_map(metadata.get("annotations"))
-    register = annotations.get(wire.NODE_NVIDIA_REGISTER)
-    devices: tuple[DeviceInfo, ...] = ()
-    error: str | None = None
-    if previous is not None and register is not None and register == previous.register:
-        # Unchanged registration (the common node update: a lock or handshake write): no decode.
-        devices, error = previous.devices, previous.decode_error
-    elif register is not None:
-        try:
-            devices = tuple(decode_node_devices(register))
-        except WireFormatError as exc:
-            error = str(exc)
-    allocatable = allocatable_gpus(dict(node))
-    prev_alloc = previous.allocatable if previous else None
-    prev_register = previous.register if previous else None
-    handshake = annotations.get(wire.NODE_HANDSHAKE)
-    reregistered = previous is not None and register != prev_register and register is not None
-    refresh = (
-        previous is not None and previous.refresh_handshake and handshake == previous.handshake
-    ) or reregistered
-    return NodeState(
-        name=str(metadata.get("name") or ""),
-        labels=_str_map(metadata.get("labels")),
-        annotations=annotations,
-        devices=devices,
-        register=register,
-        decode_error=error,
-        allocatable=allocatable,
-        dropped=next_dropped(
-            previous.dropped if previous else False, prev_alloc, allocatable, prev_register, register
-        ),
-        refresh_handshake=refresh and not (allocatable is not None and allocatable > 0),
-        resource_version=str(metadata.get("resourceVersion") or ""),
-    )
-
-
-# --- Quotas -------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class QuotaLimit:
-    """One tracked hard limit of a ResourceQuota (`limits.nvidia.com/gpumem` = 2000)."""
-
-    namespace: str
-    quota: str
-    key: str
-    limit: int
 
 
 # --- The cache ----------------------------------------------------------------------------------------------
@@ -416,7 +152,7 @@ class UsageCache:
     # --- events ---------------------------------------------------------------------------------------------
 
     def on_node_event(self, event_type: str, node: Obj) -> None:
-        name = _meta(node).get("name")
+        name = metadata_of(node).get("name")
         if not isinstance(name, str) or not name:
             return
         with self._lock:
@@ -436,7 +172,7 @@ class UsageCache:
             self._nodes[name] = state
 
     def on_pod_event(self, event_type: str, pod: Obj) -> None:
-        metadata = _meta(pod)
+        metadata = metadata_of(pod)
         uid = metadata.get("uid")
         if not isinstance(uid, str) or not uid:
             return
@@ -452,7 +188,7 @@ class UsageCache:
                 self._forget(uid)
                 if self._pod_uids.get(key) == uid:
                     del self._pod_uids[key]
-                if event_type == _DELETED or _phase(pod) in _TERMINAL_PHASES:
+                if event_type == _DELETED or pod_finished(pod):
                     dropped = self._reservations.pop(uid, None)
                     if dropped is not None:
                         self._touch(dropped.node)
@@ -478,7 +214,7 @@ class UsageCache:
                     del self._by_node[old.node]
 
     def on_quota_event(self, event_type: str, quota: Obj) -> None:
-        metadata = _meta(quota)
+        metadata = metadata_of(quota)
         namespace = str(metadata.get("namespace") or "")
         name = str(metadata.get("name") or "")
         with self._lock:
@@ -486,14 +222,7 @@ class UsageCache:
             if event_type == _DELETED:
                 self._quotas.pop(f"{namespace}/{name}", None)
                 return
-            spec = _mapping(quota.get("spec"))
-            hard = _mapping(spec.get("hard"))
-            limits = []
-            for key in (f"limits.{self._memory_resource}", f"limits.{self._core_resource}"):
-                raw = hard.get(key)
-                value = quantity_as_int64(raw) if isinstance(raw, str | int) else None
-                if value is not None:
-                    limits.append(QuotaLimit(namespace, name, key, value))
+            limits = tracked_limits(quota, self._memory_resource, self._core_resource)
             if limits:
                 self._quotas[f"{namespace}/{name}"] = limits
             else:
@@ -774,27 +503,13 @@ class UsageCache:
                 if namespaces
                 else []
             )
-        view = QuotaView(
+        return build_quota_view(
+            limits,
+            usages,
             memory_factor=self._memory_factor,
             memory_resource=self._memory_resource,
             core_resource=self._core_resource,
         )
-        for limit in limits:
-            quota = view.namespaces.setdefault(limit.namespace, NamespaceQuota())
-            entry = quota.resources.get(limit.key)
-            if entry is None or limit.limit < entry.limit:
-                quota.resources[limit.key] = QuotaEntry(used=0, limit=limit.limit, limit_set=True)
-        for usage in usages:
-            quota = view.namespaces[usage.namespace]
-            collapsed = usage.collapsed()
-            for key, amount in (
-                (view.memory_key, sum(d.usedmem for d in collapsed)),
-                (view.core_key, sum(d.usedcores for d in collapsed)),
-            ):
-                entry = quota.resources.get(key)
-                if entry is not None:
-                    entry.used += amount
-        return view
 
 
 def _trimmed(allocation: PodSingleDevice) -> PodSingleDevice:
@@ -809,12 +524,6 @@ def _same_placement(reservation: Reservation, usage: PodUsage) -> bool:
     return reservation.node == usage.node and _trimmed(reservation.allocation) == _trimmed(usage.allocation)
 
 
-def _phase(pod: Mapping[str, Any]) -> str:
-    status = pod.get("status")
-    phase = status.get("phase") if isinstance(status, Mapping) else None
-    return phase if isinstance(phase, str) else ""
-
-
 @dataclass(eq=False)
 class CachedSnapshot(NodeSnapshot):
     """A snapshot as the cache builds it; possibly shared between readers, so never to be modified.
@@ -824,7 +533,8 @@ class CachedSnapshot(NodeSnapshot):
 
 
 def build_snapshot(state: NodeState, usages: Sequence[PodUsage]) -> CachedSnapshot:
-    """A node's cards with the given pods' usage added (spec §3.4); unknown GPU UUIDs are logged, skipped."""
+    """A node's cards with the given pods' usage added (docs/hami-wire.md#node-usage); unknown GPU UUIDs are
+    logged, skipped."""
     devices = [DeviceUsage.from_device(d) for d in state.devices]
     mig: dict[str, list[MigPlacement]] = {}
     for usage in sorted(usages, key=lambda u: u.uid):

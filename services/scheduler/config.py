@@ -1,4 +1,5 @@
-"""Scheduler configuration (HAMi's flag names where Helm relies on them, spec §0).
+"""Scheduler configuration (HAMi's flag names where Helm relies on them,
+docs/hami-wire.md#components-and-ports).
 
 One YAML file, `KUBE_VGPU_SCHEDULER_<KEY>` env vars and `--<key>` flags, validated at start: a bad value stops
 the process with a message naming the key.
@@ -13,8 +14,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from services.common import wire
-from services.common.config import ConfigModel, split_host_port
-from services.common.kube import KubeAccess
+from services.common.config import ConfigModel, KubeAccess, split_host_port
 from services.common.log import LogConfig
 from services.common.selectors import parse_label_selector
 from services.scheduler.policy import gpu_policy_tokens

@@ -1,5 +1,5 @@
-"""Kubernetes events on pods (spec §3.11), posted by one background worker off every verb's path; a failure
-is only logged."""
+"""Kubernetes events on pods (docs/hami-wire.md#events), posted by one background worker off every verb's
+path; a failure is only logged."""
 
 from __future__ import annotations
 

@@ -1,11 +1,12 @@
-"""The kube-scheduler extender over HTTP(S) (spec §3.1).
+"""The kube-scheduler extender over HTTP(S) (docs/hami-wire.md#extender-routes).
 
 Routes: POST /filter, /prioritize, /bind; GET /healthz, /readyz.
 
-- filter has no side effects (known weakness 1): it answers every fitting node (`filter_mode: all`, so
-  kube-scheduler's own scoring and soft constraints still apply) or only HAMi's single best node
-  (`filter_mode: hami`), with a reason in `FailedNodes` for every other candidate. Pods without a GPU request
-  pass through unchanged. A caller that sends full Node objects (not nodeCacheCapable) gets Node objects back.
+- filter has no side effects (docs/weaknesses.md#filter-picks-one-node): it answers every fitting node
+  (`filter_mode: all`, so kube-scheduler's own scoring and soft constraints still apply) or only HAMi's single
+  best node (`filter_mode: hami`), with a reason in `FailedNodes` for every other candidate. Pods without a
+  GPU request pass through unchanged. A caller that sends full Node objects (not nodeCacheCapable) gets Node
+  objects back.
 - prioritize ranks the candidates 0-10 by the node policy (binpack: busiest first, spread: emptiest first).
   Called for the pod just filtered (kube-scheduler's cycle, within 1 s) with nodes that passed, it scores from
   that filter's outcome instead of fitting every node again when the cache changed in between.
@@ -30,6 +31,7 @@ from services.common.log import get_logger
 from services.common.resources import NvidiaRequestConfig
 from services.scheduler.bind import Binder
 from services.scheduler.cache import UsageCache
+from services.scheduler.decoders import PodContext, pod_context
 from services.scheduler.events import EventRecorder
 from services.scheduler.extender_api import (
     ExtenderArgs,
@@ -51,14 +53,7 @@ from services.scheduler.filtering import (
     failure_events,
     success_event,
 )
-from services.scheduler.fit import (
-    NodeSnapshot,
-    PodAnnotationError,
-    PodContext,
-    SchedulingPolicy,
-    pod_context,
-    priority_scores,
-)
+from services.scheduler.fit import NodeSnapshot, PodAnnotationError, SchedulingPolicy, priority_scores
 from services.scheduler.metrics import SchedulerMetrics
 
 __all__ = ["MAX_BODY_BYTES", "Extender"]

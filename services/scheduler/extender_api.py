@@ -1,4 +1,5 @@
-"""The kube-scheduler extender v1 JSON (spec §3.1): decoding requests, encoding answers. Pure functions.
+"""The kube-scheduler extender v1 JSON (docs/hami-wire.md#extender-routes): decoding requests, encoding
+answers. Pure functions.
 
 The Go structs carry no JSON tags, so the wire names are the Go field names (`Pod`, `NodeNames`,
 `FailedNodes`, ...), and Go's decoder matches keys case-insensitively: `{"pod": ...}` and `{"POD": ...}` mean

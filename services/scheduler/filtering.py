@@ -1,4 +1,5 @@
-"""The Filter's decision over many nodes and the texts it reports (spec §3.3, §3.11). Pure functions.
+"""The Filter's decision over many nodes and the texts it reports (docs/hami-wire.md#filter,
+docs/hami-wire.md#events). Pure functions.
 
 `evaluate` fits one pod onto every candidate node and sorts the outcome into fitting nodes, failure reasons
 and HAMi's single best node; it changes nothing. The extender's filter and prioritize verbs and the gRPC
@@ -21,16 +22,16 @@ from typing import Any, Final
 from services.common import wire
 from services.common.codecs import parse_reasons
 from services.scheduler.cache import CachedSnapshot
+from services.scheduler.decoders import PodContext
 from services.scheduler.fit import (
     NodeFit,
     NodeSnapshot,
-    PodContext,
-    QuotaView,
     SchedulingPolicy,
     choose_best,
     fit_pod,
     priority_scores,
 )
+from services.scheduler.quota import QuotaView
 
 __all__ = [
     "EventText",

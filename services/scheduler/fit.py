@@ -1,37 +1,38 @@
-"""Fitting a pod onto a node and ranking the nodes that fit (spec 3.2-3.7, 10.1-10.3): pure functions, no I/O.
+"""Fitting a pod onto a node and ranking the nodes that fit (docs/hami-wire.md#fit): pure functions, no I/O.
 
 The entry point is `fit_pod`, HAMi's per-node `scoreNode`: it never touches its inputs and returns a `NodeFit`
 with the node score, the per-container allocation (slot i = container i) or HAMi's reason string. Below it sit
 `fit_container` (HAMi `fitInDevices`: score, sort, then fit one container) and `fit_devices` (the NVIDIA
-`Fit`: the 16 per-card checks over an already ordered card list). `apply_allocation` adds a pod's allocation
-to a node's usage with the same arithmetic the fit relies on, for the usage cache and the bind-time re-fit.
+`Fit`: the 16 per-card checks over an already ordered card list). The pod comes in as a `PodContext`
+(`services.scheduler.decoders`); the namespace quota it is checked against is `services.scheduler.quota`.
 
 kube-vgpu decisions that differ from HAMi v2.10, each a documented choice:
 
-- Slot i is container i, init containers first (v2.9 semantics, spec 10.1): a container without a GPU request
-  always gets an empty slot.
+- Slot i is container i, init containers first (v2.9 semantics, docs/hami-wire.md#slot-per-container): a
+  container without a GPU request always gets an empty slot.
 - Native sidecars (init containers with `restartPolicy: Always`) keep their slot but are long-running: they
   are fitted cumulatively with the app containers, every later init container is fitted next to the sidecars
-  started before it, and the pod's usage counts them with the app containers (known weakness 5).
-- The request terms of the GPU score apply when the card type contains the request type (spec 10.2).
+  started before it, and the pod's usage counts them with the app containers
+  (docs/weaknesses.md#init-and-sidecar-accounting).
+- The request terms of the GPU score apply when the card type contains the request type
+  (docs/hami-wire.md#score-request-terms).
 - An invalid `hami.io/device-scoring-weights` raises `PodAnnotationError` (a pod error, not a node failure).
-- `priority_scores` maps node scores to 0..10 for a prioritize verb (known weakness 1); `choose_best` keeps
-  HAMi's single-node choice.
+- `priority_scores` maps node scores to 0..10 for a prioritize verb
+  (docs/weaknesses.md#filter-picks-one-node); `choose_best` keeps HAMi's single-node choice.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Final
+from typing import Final
 
 from services.common import wire
 from services.common.codecs import WireFormatError, format_reasons, parse_cordon, parse_device_scoring_weights
 from services.common.model import (
     MEM_PERCENTAGE_UNSET,
-    CollapsedDevice,
     ContainerDevice,
     ContainerDeviceRequest,
     DeviceScoringWeights,
@@ -40,8 +41,9 @@ from services.common.model import (
     MigProfile,
     PodSingleDevice,
 )
-from services.common.resources import NvidiaRequestConfig, pod_container_requests
+from services.scheduler.decoders import PodContext
 from services.scheduler.policy import PodFilters, SchedulingPolicy
+from services.scheduler.quota import QuotaFits, QuotaView, container_quota_check
 from services.scheduler.score import (
     PairScores,
     ScoredDevice,
@@ -60,21 +62,14 @@ __all__ = [
     "ContainerFit",
     "MigAssignment",
     "MigSlice",
-    "NamespaceQuota",
     "NodeFit",
     "NodeSnapshot",
     "PairScores",
     "PodAnnotationError",
-    "PodContext",
     "PodFilters",
-    "QuotaEntry",
-    "QuotaFits",
-    "QuotaView",
     "SchedulingPolicy",
     "ScoredDevice",
-    "apply_allocation",
     "choose_best",
-    "collapse_allocation",
     "device_combinations",
     "device_score",
     "fit_container",
@@ -83,7 +78,6 @@ __all__ = [
     "node_score",
     "pair_score",
     "parse_pair_scores",
-    "pod_context",
     "priority_scores",
     "scoring_weights",
     "sort_devices",
@@ -91,12 +85,8 @@ __all__ = [
 
 MAX_PRIORITY: Final = 10  # kube-scheduler's MaxExtenderPriority
 _FULL_CORES: Final = 100
-_DEFAULT_CONFIG: Final = NvidiaRequestConfig()
 _NO_PAIR_SCORES: Final[Mapping[str, Mapping[str, int]]] = {}
 _NO_MIG: Final[Mapping[str, Sequence[MigPlacement]]] = {}
-
-# Whether the pod may also take these cards (its hypothetical allocation for the container being fitted).
-QuotaFits = Callable[[Sequence[ContainerDevice]], bool]
 
 
 class PodAnnotationError(ValueError):
@@ -119,73 +109,6 @@ def scoring_weights(annotations: Mapping[str, str]) -> DeviceScoringWeights:
         return parse_device_scoring_weights(value)
     except WireFormatError as err:
         raise PodAnnotationError(wire.DEVICE_SCORING_WEIGHTS, str(err)) from None
-
-
-# --- The pod ------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class PodContext:
-    """What fitting needs to know about a pod. `requests` has one entry per container (init containers first,
-    then app containers; None for a container without a GPU request): slot i of the allocation is container i.
-    Slots `[0, init_count)` are init containers; `sidecar_slots` are the ones among them that keep running
-    (`restartPolicy: Always`)."""
-
-    namespace: str
-    name: str
-    uid: str
-    annotations: Mapping[str, str]
-    requests: tuple[ContainerDeviceRequest | None, ...]
-    init_count: int = 0
-    sidecar_slots: frozenset[int] = frozenset()
-
-    @property
-    def has_gpu_request(self) -> bool:
-        return any(request is not None for request in self.requests)
-
-    @property
-    def app_requests_gpu(self) -> bool:
-        """Whether a long-running container (app or sidecar) requests a GPU: the pods whose bind takes the
-        node lock (spec 3.8 step 3)."""
-        return any(req is not None for i, req in enumerate(self.requests) if not self.is_init(i))
-
-    def is_init(self, slot: int) -> bool:
-        """Whether the slot is an init container that runs to completion (a sidecar is not)."""
-        return slot < self.init_count and slot not in self.sidecar_slots
-
-
-def _string_map(value: object) -> dict[str, str]:
-    if not isinstance(value, Mapping):
-        return {}
-    return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)}
-
-
-def _containers(spec: Mapping[str, Any], key: str) -> list[object]:
-    containers = spec.get(key)
-    return list(containers) if isinstance(containers, list | tuple) else []
-
-
-def pod_context(pod: Mapping[str, Any], cfg: NvidiaRequestConfig = _DEFAULT_CONFIG) -> PodContext:
-    """A `PodContext` from a pod in Kubernetes JSON shape (missing fields read as empty)."""
-    metadata = pod.get("metadata")
-    meta: Mapping[str, Any] = metadata if isinstance(metadata, Mapping) else {}
-    raw_spec = pod.get("spec")
-    spec: Mapping[str, Any] = raw_spec if isinstance(raw_spec, Mapping) else {}
-    init_containers = _containers(spec, "initContainers")
-    sidecars = frozenset(
-        i
-        for i, container in enumerate(init_containers)
-        if isinstance(container, Mapping) and container.get("restartPolicy") == "Always"
-    )
-    return PodContext(
-        namespace=str(meta.get("namespace") or ""),
-        name=str(meta.get("name") or ""),
-        uid=str(meta.get("uid") or ""),
-        annotations=_string_map(meta.get("annotations")),
-        requests=tuple(pod_container_requests(spec, cfg)),
-        init_count=len(init_containers),
-        sidecar_slots=sidecars,
-    )
 
 
 # --- The node -----------------------------------------------------------------------------------------------
@@ -212,68 +135,6 @@ class NodeSnapshot:
         return parse_pair_scores(self.annotations.get(wire.NODE_NVIDIA_SCORE))
 
 
-# --- Quota (spec 3.2, 3.5 step 10, 7.7) ---------------------------------------------------------------------
-
-
-@dataclass
-class QuotaEntry:
-    """One tracked ResourceQuota key: `used` (memory in MiB x memoryFactor), the hard `limit` in the user's
-    units, and whether a limit is set at all (an explicit 0 is a limit that blocks any use)."""
-
-    used: int = 0
-    limit: int = 0
-    limit_set: bool = False
-
-
-@dataclass
-class NamespaceQuota:
-    """A namespace's tracked quota keys (`limits.nvidia.com/gpumem`, `limits.nvidia.com/gpucores`)."""
-
-    resources: dict[str, QuotaEntry] = field(default_factory=dict)
-
-
-@dataclass
-class QuotaView:
-    """Namespace -> tracked quota, with the resource names and memory factor needed to compare usage."""
-
-    namespaces: dict[str, NamespaceQuota] = field(default_factory=dict)
-    memory_factor: int = 1
-    memory_resource: str = wire.RESOURCE_GPUMEM
-    core_resource: str = wire.RESOURCE_GPUCORES
-
-    @property
-    def memory_key(self) -> str:
-        return f"limits.{self.memory_resource}"
-
-    @property
-    def core_key(self) -> str:
-        return f"limits.{self.core_resource}"
-
-    def fits(self, namespace: str, memory: int, cores: int) -> bool:
-        """Whether a pod whose collapsed usage is `memory` MiB (memoryFactor scale) and `cores` percent fits
-        the namespace's quota: `Used + memory <= Limit x memoryFactor` and `Used + cores <= Limit` for every
-        key with a limit set."""
-        quota = self.namespaces.get(namespace)
-        if quota is None:
-            return True
-        mem = quota.resources.get(self.memory_key)
-        if mem is not None and mem.limit_set and mem.used + memory > mem.limit * max(self.memory_factor, 1):
-            return False
-        core = quota.resources.get(self.core_key)
-        return not (core is not None and core.limit_set and core.used + cores > core.limit)
-
-    def fits_allocation(
-        self,
-        namespace: str,
-        allocation: Sequence[Sequence[ContainerDevice]],
-        init_count: int,
-        sidecar_slots: frozenset[int] = frozenset(),
-    ) -> bool:
-        """`fits` for a whole allocation, collapsed first (init peak versus long-running sum, per GPU)."""
-        collapsed = collapse_allocation(allocation, init_count, sidecar_slots)
-        return self.fits(namespace, sum(d.usedmem for d in collapsed), sum(d.usedcores for d in collapsed))
-
-
 # --- Results ------------------------------------------------------------------------------------------------
 
 
@@ -287,7 +148,8 @@ class MigSlice:
 
 @dataclass(frozen=True, slots=True)
 class MigAssignment:
-    """One entry of `hami.io/vgpu-mig-allocations` (spec 2.5), without the runtime fields."""
+    """One entry of `hami.io/vgpu-mig-allocations` (docs/hami-wire.md#mig-allocations), without the runtime
+    fields."""
 
     container_index: int
     device_index: int
@@ -323,7 +185,7 @@ class NodeFit:
     mig: tuple[MigAssignment, ...] = ()
 
 
-# --- The NVIDIA Fit (spec 3.5, checks 1-16) -----------------------------------------------------------------
+# --- The NVIDIA Fit (docs/hami-wire.md#fit, steps 1-16) -----------------------------------------------------
 
 
 def _memory_request(request: ContainerDeviceRequest, device: DeviceUsage) -> int:
@@ -580,7 +442,7 @@ class _Usage:
 def fit_pod(
     pod: PodContext, node: NodeSnapshot, policy: SchedulingPolicy, quota: QuotaView | None = None
 ) -> NodeFit:
-    """Fit every container of the pod on the node (spec 3.5), without touching `node`.
+    """Fit every container of the pod on the node (docs/hami-wire.md#fit), without touching `node`.
 
     The pod's `hami.io/*-scheduler-policy` annotations override `policy` (resolving twice is harmless).
     Long-running containers (sidecars, then app containers, in slot order) are fitted cumulatively; each
@@ -597,16 +459,6 @@ def fit_pod(
     allocation: PodSingleDevice = [[] for _ in pod.requests]
     mig: list[MigAssignment] = []
 
-    def quota_check(slot: int) -> QuotaFits | None:
-        if quota is None:
-            return None
-
-        def fits(cards: Sequence[ContainerDevice]) -> bool:
-            hypothetical = [*allocation[:slot], list(cards), *allocation[slot + 1 :]]
-            return quota.fits_allocation(pod.namespace, hypothetical, pod.init_count, pod.sidecar_slots)
-
-        return fits
-
     for slot, request in enumerate(pod.requests):
         if request is None:
             continue  # an empty slot keeps slot i = container i
@@ -620,7 +472,7 @@ def fit_pod(
             cordoned=cordoned,
             pair_scores=pair_scores,
             mig_placements=work.mig,
-            quota_fits=quota_check(slot),
+            quota_fits=container_quota_check(quota, pod, allocation, slot),
         )
         if not result.fits:
             return NodeFit(node=node.name, fits=False, reason=result.reason, score=score)
@@ -633,88 +485,7 @@ def fit_pod(
     return NodeFit(node=node.name, fits=True, score=score, devices=allocation, mig=tuple(mig))
 
 
-# --- Usage arithmetic (spec 3.4) ----------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class _Use:
-    mem: int = 0
-    cores: int = 0
-    tasks: int = 0
-
-    def add(self, other: _Use) -> None:
-        self.mem += other.mem
-        self.cores += other.cores
-        self.tasks += other.tasks
-
-
-def collapse_allocation(
-    allocation: Sequence[Sequence[ContainerDevice]],
-    init_count: int,
-    sidecar_slots: frozenset[int] = frozenset(),
-) -> list[CollapsedDevice]:
-    """A pod's effective use of each GPU, sorted by (UUID, type) (HAMi `CollapseInitContainerUsage`, extended
-    for sidecars): the larger of the busiest init phase (one init container plus the sidecars started before
-    it) and the long-running sum (sidecars and app containers). `slots` is the task count of that peak, at
-    least 1. Without sidecars this is exactly `services.common.codecs.collapse_pod_devices`.
-    """
-    keys: dict[tuple[str, str], None] = {}
-    running: dict[tuple[str, str], _Use] = {}  # sidecars started so far, then everything long-running
-    init_peak: dict[tuple[str, str], _Use] = {}
-    for slot, cards in enumerate(allocation):
-        here: dict[tuple[str, str], _Use] = {}
-        for card in cards:
-            key = (card.uuid, card.type)
-            keys[key] = None
-            here.setdefault(key, _Use()).add(_Use(card.usedmem, card.usedcores, 1))
-        if slot < init_count and slot not in sidecar_slots:
-            for key, use in here.items():
-                before = running.get(key, _Use())
-                peak = init_peak.setdefault(key, _Use())
-                peak.mem = max(peak.mem, use.mem + before.mem)
-                peak.cores = max(peak.cores, use.cores + before.cores)
-                peak.tasks = max(peak.tasks, 1 + before.tasks)
-        else:
-            for key, use in here.items():
-                running.setdefault(key, _Use()).add(use)
-    collapsed = []
-    for uuid, device_type in sorted(keys):
-        peak = init_peak.get((uuid, device_type), _Use())
-        steady = running.get((uuid, device_type), _Use())
-        collapsed.append(
-            CollapsedDevice(
-                uuid=uuid,
-                type=device_type,
-                usedmem=max(peak.mem, steady.mem),
-                usedcores=max(peak.cores, steady.cores),
-                slots=max(peak.tasks, steady.tasks, 1),
-            )
-        )
-    return collapsed
-
-
-def apply_allocation(
-    devices: list[DeviceUsage],
-    allocation: Sequence[Sequence[ContainerDevice]],
-    init_count: int,
-    sidecar_slots: frozenset[int] = frozenset(),
-) -> list[str]:
-    """Add a pod's collapsed usage to a node's cards in place: `Used += max(slots, 1)`, `Usedmem += mem`,
-    `Usedcores += cores` per GPU. Returns the UUIDs the node does not have (ignored), in UUID order."""
-    by_id = {d.id: d for d in devices}
-    unknown: list[str] = []
-    for use in collapse_allocation(allocation, init_count, sidecar_slots):
-        device = by_id.get(use.uuid)
-        if device is None:
-            unknown.append(use.uuid)
-            continue
-        device.used += max(use.slots, 1)
-        device.usedmem += use.usedmem
-        device.usedcores += use.usedcores
-    return unknown
-
-
-# --- Ranking nodes (spec 3.7, known weakness 1) -------------------------------------------------------------
+# --- Ranking nodes (docs/hami-wire.md#node-score, docs/weaknesses.md#filter-picks-one-node) -----------------
 
 
 def _spread(node_policy: str) -> bool:

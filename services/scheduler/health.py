@@ -1,4 +1,5 @@
-"""Node registration health (spec §3.9, known weakness 4): pure functions over what a node object shows.
+"""Node registration health (docs/hami-wire.md#registration-and-health, docs/weaknesses.md#wedged-nodes): pure
+functions over what a node object shows.
 
 A node is schedulable when its `hami.io/node-nvidia-register` annotation lists at least one GPU and the
 kubelet reports allocatable `nvidia.com/gpu` > 0. While allocatable is still 0 or missing (a node that just
@@ -100,7 +101,7 @@ def node_health(
     now: datetime,
     grace: timedelta = HANDSHAKE_GRACE,
 ) -> NodeHealth:
-    """Whether the scheduler may place pods on the node (spec §3.9 generic handshake + NVIDIA overlay)."""
+    """Whether the scheduler may place pods on the node (docs/hami-wire.md#registration-and-health)."""
     if device_count <= 0:
         return NodeHealth(False, "no GPU registered")
     if allocatable is not None and allocatable > 0:

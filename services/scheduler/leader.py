@@ -1,4 +1,4 @@
-"""Who acts: only the leader binds and writes node handshakes (spec §3.10).
+"""Who acts: only the leader binds and writes node handshakes (docs/hami-wire.md#leader-election).
 
 As in HAMi the extender does not campaign itself: it watches kube-scheduler's Lease and is leader while the
 holder identity starts with its own identity (the pod hostname) and the lease is still valid, which means:

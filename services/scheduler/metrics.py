@@ -1,5 +1,5 @@
-"""Scheduler metrics on `/metrics` (spec §3.12): HAMi's gauges, built from the cache at scrape time, plus
-kube-vgpu's verb latency histograms, all in one dedicated registry.
+"""Scheduler metrics on `/metrics` (docs/hami-wire.md#scheduler-metrics): HAMi's gauges, built from the cache
+at scrape time, plus kube-vgpu's verb latency histograms, all in one dedicated registry.
 
 Every `hami_*` series carries the constant label `zone="vGPU"` (except `hami_build_info`) and memory is
 reported in bytes (MiB x 1048576), so HAMi's dashboards keep working.
@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Final
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
-from prometheus_client.utils import floatToGoString
 
-from services.common.metrics import build_info_labels
-from services.scheduler.cache import PodUsage, UsageCache
+from services.common.metrics import build_info_family, build_info_labels
+from services.common.prom_text import Family, LineCache, go_float
+from services.scheduler.cache import UsageCache
+from services.scheduler.decoders import PodUsage
 from services.scheduler.fit import NodeSnapshot
 
 __all__ = ["SchedulerMetrics", "UsageText", "build_info_labels", "metrics_app"]
@@ -29,41 +28,20 @@ _DEVICE_LABELS: Final = ("zone", "node", "device_uuid", "device_index", "device_
 _POD_LABELS: Final = ("zone", "namespace", "node", "pod", "container_index", "device_uuid")
 _LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
-
-def _escape(value: str) -> str:
-    """A label value in the text exposition format."""
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _sample(name: str, labels: Sequence[str], values: Sequence[str], value: float) -> str:
-    pairs = ",".join(f'{k}="{_escape(v)}"' for k, v in zip(labels, values, strict=True))
-    return f"{name}{{{pairs}}} {floatToGoString(value)}\n"  # type: ignore[no-untyped-call]
-
-
-@dataclass(frozen=True, slots=True)
-class _Family:
-    name: str
-    help: str
-    labels: tuple[str, ...]
-
-    def header(self) -> str:
-        return f"# HELP {self.name} {self.help}\n# TYPE {self.name} gauge\n"
-
-
 _DEVICE_FAMILIES: Final = (
-    _Family("hami_gpu_memory_limit_bytes", "GPU device memory limit", _DEVICE_LABELS),
-    _Family("hami_gpu_core_limit_ratio", "GPU device core limit", _DEVICE_LABELS),
-    _Family(
+    Family("hami_gpu_memory_limit_bytes", "GPU device memory limit", label_names=_DEVICE_LABELS),
+    Family("hami_gpu_core_limit_ratio", "GPU device core limit", label_names=_DEVICE_LABELS),
+    Family(
         "hami_gpu_memory_allocated_bytes",
         "GPU device memory allocated",
-        ("zone", "node", "device_uuid", "device_index", "device_cores", "device_type"),
+        label_names=("zone", "node", "device_uuid", "device_index", "device_cores", "device_type"),
     ),
-    _Family("hami_gpu_shared_count", "Number of tasks sharing the GPU", _DEVICE_LABELS),
-    _Family("hami_gpu_core_allocated_ratio", "GPU device cores allocated", _DEVICE_LABELS),
-    _Family(
+    Family("hami_gpu_shared_count", "Number of tasks sharing the GPU", label_names=_DEVICE_LABELS),
+    Family("hami_gpu_core_allocated_ratio", "GPU device cores allocated", label_names=_DEVICE_LABELS),
+    Family(
         "hami_node_gpu_overview",
         "GPU overview on a node",
-        (
+        label_names=(
             "zone",
             "node",
             "device_uuid",
@@ -73,17 +51,19 @@ _DEVICE_FAMILIES: Final = (
             "device_type",
         ),
     ),
-    _Family("hami_node_gpu_memory_allocated_ratio", "GPU memory allocated ratio", _DEVICE_LABELS),
+    Family("hami_node_gpu_memory_allocated_ratio", "GPU memory allocated ratio", label_names=_DEVICE_LABELS),
 )
 _POD_FAMILIES: Final = (
-    _Family("hami_vgpu_memory_allocated_bytes", "vGPU memory allocated to a pod", _POD_LABELS),
-    _Family("hami_vgpu_core_allocated_ratio", "vGPU cores allocated to a pod", _POD_LABELS),
+    Family("hami_vgpu_memory_allocated_bytes", "vGPU memory allocated to a pod", label_names=_POD_LABELS),
+    Family("hami_vgpu_core_allocated_ratio", "vGPU cores allocated to a pod", label_names=_POD_LABELS),
 )
-_QUOTA_USED: Final = _Family(
-    "hami_resource_quota_used", "Namespace quota usage", ("zone", "namespace", "quota_name", "limit")
+_QUOTA_USED: Final = Family(
+    "hami_resource_quota_used",
+    "Namespace quota usage",
+    label_names=("zone", "namespace", "quota_name", "limit"),
 )
-_QUOTA_LIMIT: Final = _Family(
-    "hami_resource_quota_limit", "Namespace quota limit", ("zone", "namespace", "quota_name")
+_QUOTA_LIMIT: Final = Family(
+    "hami_resource_quota_limit", "Namespace quota limit", label_names=("zone", "namespace", "quota_name")
 )
 
 
@@ -105,8 +85,7 @@ def _node_lines(snapshot: NodeSnapshot) -> tuple[str, ...]:
             (labels, ratio),
         )
         for i, (values, value) in enumerate(samples):
-            family = _DEVICE_FAMILIES[i]
-            lines[i].append(_sample(family.name, family.labels, values, value))
+            lines[i].append(_DEVICE_FAMILIES[i].line(values, go_float(value)))
     return tuple("".join(block) for block in lines)
 
 
@@ -114,10 +93,11 @@ def _pod_lines(pod: PodUsage) -> tuple[str, str]:
     memory, cores = _POD_FAMILIES
     memory_lines, core_lines = [], []
     for use in pod.collapsed():
-        # Usage is collapsed per pod (spec §3.4), so HAMi reports it under container index 0.
+        # Usage is collapsed per pod (docs/hami-wire.md#node-usage), so HAMi reports it under container index
+        # 0.
         values = [ZONE, pod.namespace, pod.node, pod.name, "0", use.uuid]
-        memory_lines.append(_sample(memory.name, memory.labels, values, use.usedmem * MIB))
-        core_lines.append(_sample(cores.name, cores.labels, values, use.usedcores))
+        memory_lines.append(memory.line(values, go_float(use.usedmem * MIB)))
+        core_lines.append(cores.line(values, go_float(use.usedcores)))
     return "".join(memory_lines), "".join(core_lines)
 
 
@@ -133,34 +113,27 @@ class UsageText:
     def __init__(self, cache: UsageCache, build_info: dict[str, str] | None = None) -> None:
         self._cache = cache
         self._build_info = build_info or build_info_labels()
-        self._nodes: dict[str, tuple[NodeSnapshot, tuple[str, ...]]] = {}
-        self._pods: dict[str, tuple[PodUsage, tuple[str, str]]] = {}
+        self._nodes: LineCache[str, NodeSnapshot, tuple[str, ...]] = LineCache(
+            lambda snapshot, _: _node_lines(snapshot)
+        )
+        self._pods: LineCache[str, PodUsage, tuple[str, str]] = LineCache(lambda pod, _: _pod_lines(pod))
         self._lock = threading.Lock()  # scrapes may overlap (each runs in a worker thread)
 
     def render(self) -> str:
         with self._lock:
             return self._render()
 
-    def _render(self) -> str:
-        node_blocks: list[tuple[str, ...]] = []
-        nodes: dict[str, tuple[NodeSnapshot, tuple[str, ...]]] = {}
+    def _snapshots(self) -> list[tuple[str, NodeSnapshot]]:
+        found: list[tuple[str, NodeSnapshot]] = []
         for state in self._cache.nodes():
             snapshot = self._cache.snapshot(state.name)
-            if snapshot is None:
-                continue  # like HAMi: only registered, healthy nodes are reported
-            kept = self._nodes.get(state.name)
-            entry = kept if kept is not None and kept[0] is snapshot else (snapshot, _node_lines(snapshot))
-            nodes[state.name] = entry
-            node_blocks.append(entry[1])
-        self._nodes = nodes
-        pod_blocks: list[tuple[str, str]] = []
-        pods: dict[str, tuple[PodUsage, tuple[str, str]]] = {}
-        for pod in self._cache.pods():
-            held = self._pods.get(pod.uid)
-            pod_entry = held if held is not None and held[0] is pod else (pod, _pod_lines(pod))
-            pods[pod.uid] = pod_entry
-            pod_blocks.append(pod_entry[1])
-        self._pods = pods
+            if snapshot is not None:  # like HAMi: only registered, healthy nodes are reported
+                found.append((state.name, snapshot))
+        return found
+
+    def _render(self) -> str:
+        node_blocks = self._nodes.refresh(self._snapshots())
+        pod_blocks = self._pods.refresh((pod.uid, pod) for pod in self._cache.pods())
 
         out: list[str] = []
         for i, family in enumerate(_DEVICE_FAMILIES):
@@ -175,15 +148,15 @@ class UsageText:
         for namespace in sorted(view.namespaces):
             for key, limit in sorted(view.namespaces[namespace].resources.items()):
                 resource = key.removeprefix("limits.")
-                values = [ZONE, namespace, resource, str(limit.limit)]
-                out.append(_sample(_QUOTA_USED.name, _QUOTA_USED.labels, values, limit.used))
+                out.append(
+                    _QUOTA_USED.line([ZONE, namespace, resource, str(limit.limit)], go_float(limit.used))
+                )
                 if limit.limit_set:
-                    values = [ZONE, namespace, resource]
-                    limits.append(_sample(_QUOTA_LIMIT.name, _QUOTA_LIMIT.labels, values, limit.limit))
+                    limits.append(_QUOTA_LIMIT.line([ZONE, namespace, resource], go_float(limit.limit)))
         out.extend(limits)
-        info = _Family("hami_build_info", "Build information", tuple(self._build_info))
+        info = build_info_family(self._build_info)
         out.append(info.header())
-        out.append(_sample(info.name, info.labels, list(self._build_info.values()), 1))
+        out.append(info.line(list(self._build_info.values()), go_float(1)))
         return "".join(out)
 
 

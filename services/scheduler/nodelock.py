@@ -1,4 +1,5 @@
-"""The node lock `hami.io/mutex.lock` (spec §2.1, §3.8): pure decisions plus the API calls that apply them.
+"""The node lock `hami.io/mutex.lock` (docs/hami-wire.md#node-lock): pure decisions plus the API calls that
+apply them.
 
 The value is `<RFC3339 UTC>,<namespace>,<pod name>` (legacy: the bare time). The lock is taken with a merge
 patch carrying the node's `metadata.resourceVersion`, so two schedulers that read the same free node cannot

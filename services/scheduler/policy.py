@@ -1,4 +1,5 @@
-"""Scheduling policies and the per-pod card filters that pod annotations impose (spec 1.4, 2.2, 3.5, 3.6).
+"""Scheduling policies and the per-pod card filters that pod annotations impose (docs/hami-wire.md#policies,
+docs/hami-wire.md#pod-annotations).
 
 Plain data only: a `SchedulingPolicy` says how nodes and cards are ranked, `PodFilters` says which cards a pod
 may use. Both are built once per pod and handed to the pure fit functions in `services.scheduler.fit`.
@@ -22,7 +23,7 @@ __all__ = [
 ]
 
 # The GPU policy words that order cards inside a comma chain; `mutex` and `topology-aware` change what Fit
-# accepts or picks but are not sort keys (spec 3.6).
+# accepts or picks but are not sort keys (docs/hami-wire.md#gpu-score-and-sort).
 GPU_SORT_KEYS: Final = frozenset({wire.POLICY_BINPACK, wire.POLICY_SPREAD, wire.POLICY_NUMA})
 
 
@@ -67,13 +68,15 @@ class SchedulingPolicy:
 
     @property
     def topology_aware(self) -> bool:
-        """Fit collects every passing card and picks the best-connected set (spec 3.5, topology mode)."""
+        """Fit collects every passing card and picks the best-connected set
+        (docs/hami-wire.md#topology-mode)."""
         return wire.POLICY_TOPOLOGY_AWARE in self.tokens
 
 
 @dataclass(frozen=True, slots=True)
 class PodFilters:
-    """The card constraints a pod sets through its annotations (spec 2.2). Empty values mean no constraint.
+    """The card constraints a pod sets through its annotations (docs/hami-wire.md#pod-annotations). Empty
+    values mean no constraint.
 
     `use_types` / `nouse_types` are upper-cased fragments matched as substrings of the upper-cased card type;
     `vgpu_mode` must contain the card's mode; `numa_bind` keeps all cards of one container on one NUMA node.

@@ -1,10 +1,12 @@
 """The running scheduler: caches fed by watch threads, the extender, metrics and gRPC servers, the
 registration/handshake loop, and an orderly stop.
 
-`SchedulerRuntime` is what `cli.run` starts and what the integration tests start in-process (ports 0 pick free
-ports). The gRPC SchedulerService (added separately) reads `runtime.cache` (a `UsageCache`: nodes, pods,
-quotas, reservations, snapshots) and calls `services.scheduler.filtering.evaluate` for ExplainPod/Simulate;
-`grpc_services()` is where it is registered.
+`run` is the process (`cli.main` hands it the parsed config): it loads the device config, starts a
+`SchedulerRuntime` serving the SchedulerService (`scheduler_services`) and stops it on SIGTERM. The
+integration tests start `SchedulerRuntime` in-process (ports 0 pick free ports). The SchedulerService
+(`services.scheduler.servicer`) reads `runtime.cache` (a `UsageCache`: nodes, pods, quotas, reservations,
+snapshots) and calls `services.scheduler.filtering.evaluate` for ExplainPod/Simulate; `grpc_services()` is
+where it is registered.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import gc
 import hashlib
 import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -23,12 +25,21 @@ from typing import Any, Final
 from aiohttp import web
 from kubernetes import client
 from kubernetes.client import rest
+from kubernetes.client.exceptions import ApiException
 
 from services.common import wire
-from services.common.config import split_host_port
-from services.common.device_config import DeviceConfig
+from services.common.config import ConfigError, split_host_port
+from services.common.device_config import DeviceConfig, load_device_config
+from services.common.entrypoint import EXIT_CONFIG_ERROR, wait_for_shutdown
 from services.common.grpc_server import GrpcServerHandle, ServiceRegistration, build_server
-from services.common.kube import KubeAccessError, call_json, core_path, describe_access, new_api_client
+from services.common.kube import (
+    KubeAccessError,
+    call_json,
+    core_path,
+    describe_access,
+    new_api_client,
+    raw_json,
+)
 from services.common.log import get_logger
 from services.common.reflector import Reflector
 from services.scheduler.bind import Binder
@@ -42,8 +53,9 @@ from services.scheduler.metrics import SchedulerMetrics, metrics_app
 from services.scheduler.nodelock import MERGE_PATCH, NodeLocks
 from services.scheduler.offload import API_THREADS, offload
 from services.scheduler.policy import SchedulingPolicy
+from services.scheduler.servicer import SchedulerServicer
 
-__all__ = ["SchedulerRuntime"]
+__all__ = ["SchedulerRuntime", "run", "scheduler_services"]
 
 log = get_logger("kube-vgpu-scheduler")
 
@@ -313,7 +325,7 @@ class SchedulerRuntime:
         bound: Any = runner.addresses[0]
         return int(bound[1])
 
-    # --- leadership (spec §3.10) ----------------------------------------------------------------------------
+    # --- leadership (docs/hami-wire.md#leader-election) -----------------------------------------------------
 
     def _leader_monitor(self, core: client.CoreV1Api) -> LeaderMonitor:
         cfg = self.cfg
@@ -330,7 +342,7 @@ class SchedulerRuntime:
             await asyncio.sleep(0.1)
         await self.registration_pass()
 
-    # --- registration / handshake loop (spec §3.9) ----------------------------------------------------------
+    # --- registration / handshake loop (docs/hami-wire.md#registration-and-health) --------------------------
 
     async def _registration_loop(self) -> None:
         while True:
@@ -393,3 +405,47 @@ class SchedulerRuntime:
             if api is not None:
                 await asyncio.to_thread(api.close)
         self.api = self._watch_api = None
+
+
+def scheduler_services(runtime: SchedulerRuntime) -> list[ServiceRegistration]:
+    """The `grpc_services` factory of `SchedulerRuntime`: the SchedulerService over its cache, reading pods
+    through the runtime's API client."""
+
+    async def get_pod(namespace: str, name: str) -> Mapping[str, Any] | None:
+        core = runtime.core
+        if core is None:
+            raise OSError(runtime.kube_error or "no Kubernetes API configured")
+        try:
+            pod: Mapping[str, Any] = await offload(raw_json, core.read_namespaced_pod, name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return pod
+
+    servicer = SchedulerServicer(
+        runtime.cache, policy=runtime.policy, request_config=runtime.request_config, get_pod=get_pod
+    )
+    return [servicer.registration()]
+
+
+async def run(cfg: SchedulerConfig) -> None:
+    """The scheduler process: serve until SIGTERM/SIGINT, then stop in order."""
+    try:
+        device_config = load_device_config(cfg.device_config_file)
+    except ConfigError as exc:
+        log.error("device_config_invalid", error=str(exc))
+        raise SystemExit(EXIT_CONFIG_ERROR) from None
+    log.info("device_config_loaded", nvidia=device_config.nvidia.model_dump(by_alias=True))
+    runtime = SchedulerRuntime(cfg, device_config, grpc_services=scheduler_services)
+    try:
+        await runtime.start()
+    except OSError as exc:  # a busy or invalid listen address
+        log.error("cannot_listen", error=str(exc))
+        raise SystemExit(1) from None
+    try:
+        await wait_for_shutdown()
+        log.info("stopping")
+    finally:
+        await runtime.stop()
+        log.info("stopped")

@@ -1,4 +1,5 @@
-"""GPU (device) scores, card ordering, topology pair scores and the node score (spec 3.5-3.7).
+"""GPU (device) scores, card ordering, topology pair scores and the node score
+(docs/hami-wire.md#gpu-score-and-sort, docs/hami-wire.md#node-score).
 
 Pure functions over plain data. The device score is computed in float32 like HAMi's, so that cards HAMi
 considers tied are tied here too and fall through to the same tie-breakers.
@@ -53,8 +54,9 @@ def request_matches_device(request_type: str, device_type: str) -> bool:
     """Whether a request of `request_type` (`NVIDIA`) can use a card registered as `device_type`
     (`NVIDIA-Tesla T4`): the card type contains the request type, case-insensitively.
 
-    kube-vgpu uses this for the request terms of the GPU score as well (spec 10.2); HAMi compares the two
-    exactly there, so its request terms never apply to real cards.
+    kube-vgpu uses this for the request terms of the GPU score as well
+    (docs/hami-wire.md#score-request-terms); HAMi compares the two exactly there, so its request terms never
+    apply to real cards.
     """
     return request_type.lower() in device_type.lower()
 
@@ -64,7 +66,8 @@ def device_score(
     requests: Iterable[ContainerDeviceRequest],
     weights: DeviceScoringWeights = _DEFAULT_WEIGHTS,
 ) -> float:
-    """How full the card would be with this container's requests (spec 3.6), higher = busier.
+    """How full the card would be with this container's requests (docs/hami-wire.md#gpu-score-and-sort),
+    higher = busier.
 
     `10 x (Wslot*(r+Used)/Count + Wcore*(c+Usedcores)/Totalcore + Wmem*(m+Usedmem)/Totalmem)`, where r, c
     and m add one slot, the cores and the memory of every request entry matching the card's type. A card
@@ -107,8 +110,8 @@ class ScoredDevice:
 def sort_devices(
     scored: Sequence[ScoredDevice], gpu_policy: str, numa_bind: bool = False
 ) -> list[ScoredDevice]:
-    """Cards in GPU-policy order (spec 3.6). Fit consumes the list from its END, so the card the policy
-    prefers comes last.
+    """Cards in GPU-policy order (docs/hami-wire.md#gpu-score-and-sort). Fit consumes the list from its END,
+    so the card the policy prefers comes last.
 
     - `binpack`: score ascending, ties NUMA ascending (busiest card tried first).
     - `mutex`: Used descending, ties NUMA ascending (idle cards tried first).
@@ -150,7 +153,7 @@ def sort_devices(
 
 
 def node_score(devices: Iterable[DeviceUsage]) -> float:
-    """HAMi's node score over the node's usage before the pod is placed (spec 3.7):
+    """HAMi's node score over the node's usage before the pod is placed (docs/hami-wire.md#node-score):
     `10 x (sum Used/sum Count + sum Usedcores/sum Totalcore + sum Usedmem/sum Totalmem)`, 0 when any total
     is 0. NVIDIA adds no vendor term."""
     used = count = usedcores = totalcore = usedmem = totalmem = 0
@@ -166,7 +169,7 @@ def node_score(devices: Iterable[DeviceUsage]) -> float:
     return 10 * (used / count + usedcores / totalcore + usedmem / totalmem)
 
 
-# --- Topology (spec 2.1, 3.5 topology mode) -----------------------------------------------------------------
+# --- Topology (docs/hami-wire.md#topology-mode) -------------------------------------------------------------
 
 
 def parse_pair_scores(value: str | None) -> dict[str, dict[str, int]]:

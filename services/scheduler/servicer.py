@@ -21,15 +21,13 @@ from kubevgpu.scheduler.v1 import scheduler_service_pb2 as pb
 from kubevgpu.scheduler.v1 import scheduler_service_pb2_grpc as pb_grpc
 from services.common.codecs import parse_reasons
 from services.common.grpc_server import ServiceRegistration
-from services.common.kube import raw_json
 from services.common.model import ContainerDevice, DeviceUsage, PodSingleDevice
 from services.common.resources import NvidiaRequestConfig
 from services.common.selectors import SelectorError, parse_label_selector
-from services.scheduler.cache import PodUsage, UsageCache
+from services.scheduler.cache import UsageCache
+from services.scheduler.decoders import PodUsage, pod_context
 from services.scheduler.filtering import FilterOutcome, evaluate
-from services.scheduler.fit import NodeFit, PodAnnotationError, SchedulingPolicy, node_score, pod_context
-from services.scheduler.offload import offload
-from services.scheduler.runtime import SchedulerRuntime
+from services.scheduler.fit import NodeFit, PodAnnotationError, SchedulingPolicy, node_score
 
 SERVICE_NAME = "kubevgpu.scheduler.v1.SchedulerService"
 _REASON_TOTAL = re.compile(r"^\d+/(\d+) ")
@@ -255,24 +253,3 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
             verdicts=verdicts,
             message=f"would land on {best.node} ({outcome.policy.node_policy} node policy)",
         )
-
-
-def scheduler_services(runtime: SchedulerRuntime) -> list[ServiceRegistration]:
-    """The `grpc_services` factory of `SchedulerRuntime`: the SchedulerService over its cache."""
-
-    async def get_pod(namespace: str, name: str) -> Mapping[str, Any] | None:
-        core = runtime.core
-        if core is None:
-            raise OSError(runtime.kube_error or "no Kubernetes API configured")
-        try:
-            pod: Mapping[str, Any] = await offload(raw_json, core.read_namespaced_pod, name, namespace)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return pod
-
-    servicer = SchedulerServicer(
-        runtime.cache, policy=runtime.policy, request_config=runtime.request_config, get_pod=get_pod
-    )
-    return [servicer.registration()]

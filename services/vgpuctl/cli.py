@@ -29,8 +29,9 @@ from kubevgpu.monitor.v1 import monitor_service_pb2 as mon_pb
 from kubevgpu.monitor.v1 import monitor_service_pb2_grpc as mon_grpc
 from kubevgpu.scheduler.v1 import scheduler_service_pb2 as pb
 from kubevgpu.scheduler.v1 import scheduler_service_pb2_grpc as pb_grpc
+from services.common.config import KubeAccess
 from services.common.inventory import INVENTORY_COLUMNS, format_table, inventory_rows
-from services.common.kube import KubeAccess, KubeAccessError, list_raw, new_api_client
+from services.common.kube import KubeAccessError, list_raw, new_api_client
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_SCHEDULER = "127.0.0.1:9090"

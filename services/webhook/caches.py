@@ -5,8 +5,9 @@ Three reflectors (``services.common.reflector``) feed two thread-safe views:
 * ``QuotaCache``: ResourceQuota ``spec.hard`` keys ``limits.<gpumem name>`` / ``limits.<gpucores name>``
   (integers; with several quotas in a namespace the smallest limit holds, as every quota must be met), and
   the usage of the GPU pods placed in each namespace, from their ``hami.io/vgpu-devices-allocated``
-  annotation collapsed the scheduler's way (spec 3.2 / 3.4): pods without ``hami.io/vgpu-node`` and pods
-  that Succeeded or Failed count nothing; once every init container exited 0 only the app containers count.
+  annotation collapsed the scheduler's way (docs/hami-wire.md#caches): pods without ``hami.io/vgpu-node`` and
+  pods that Succeeded or Failed count nothing; once every init container exited 0 only the app containers
+  count.
 * ``InventoryCache``: per node, the memory of each GPU in ``hami.io/node-nvidia-register``.
 
 The per-object functions are pure and tested by tables; the caches update incrementally from the
@@ -92,7 +93,7 @@ def _init_containers_done(pod: Obj, init_count: int) -> bool:
 
 
 def pod_usage(pod: Obj) -> PodUsage | None:
-    """The quota usage of a placed GPU pod, None when it books nothing (spec 3.2).
+    """The quota usage of a placed GPU pod, None when it books nothing (docs/hami-wire.md#quota).
 
     Raises ``WireFormatError`` when the allocation annotation cannot be decoded.
     """

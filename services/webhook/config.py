@@ -12,8 +12,7 @@ from typing import Self
 from pydantic import Field, field_validator, model_validator
 
 from services.common import wire
-from services.common.config import ConfigModel, split_host_port
-from services.common.kube import KubeAccess
+from services.common.config import ConfigModel, KubeAccess, split_host_port
 from services.common.log import LogConfig
 
 ENV_PREFIX = "KUBE_VGPU_WEBHOOK_"

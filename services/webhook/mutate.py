@@ -31,9 +31,9 @@ Rules, in order (numbers are the spec's):
 8. Allowed, with the JSON patch from the original pod to the mutated one (none when nothing changed).
 
 Where HAMi reads a resource from limits only, this module looks at limits and then requests, as the
-scheduler's request parsing does (spec 1.1), so that webhook and scheduler agree on which containers ask
-for a GPU. An env var the webhook sets replaces an existing entry of the same name instead of appending a
-duplicate; the container sees the same value either way.
+scheduler's request parsing does (docs/hami-wire.md#request-parsing), so that webhook and scheduler agree on
+which containers ask for a GPU. An env var the webhook sets replaces an existing entry of the same name
+instead of appending a duplicate; the container sees the same value either way.
 """
 
 from __future__ import annotations
@@ -273,7 +273,7 @@ def _decode_problem(pod: object) -> str | None:
 
 
 def _lookup(container: Mapping[str, Any], name: str) -> tuple[bool, object]:
-    """(present, raw value) of a resource: limits first, then requests (spec 1.1)."""
+    """(present, raw value) of a resource: limits first, then requests (docs/hami-wire.md#request-parsing)."""
     resources = container.get("resources") or {}
     for section in ("limits", "requests"):
         entries = resources.get(section) or {}
@@ -435,7 +435,7 @@ def _is_sidecar(container: Mapping[str, Any]) -> bool:
 
 
 def _quota_problem(spec: Mapping[str, Any], quota: QuotaView, cfg: NvidiaConfig) -> str | None:
-    """Why the pod would exceed its namespace's GPU quota, or None (spec 4 rule 7 / 3.5 step 10).
+    """Why the pod would exceed its namespace's GPU quota, or None (docs/hami-wire.md#webhook-rules rule 7).
 
     App containers (and native sidecars) add up `request x GPUs`; init containers run one at a time, so the
     largest counts; the pod needs max(app sum, init max). Percentage-only memory counts 0 here.

@@ -22,10 +22,12 @@ from aiohttp import web
 
 from sim.kubelocal import errors
 from sim.kubelocal.admission import AdmissionChain
-from sim.kubelocal.api import ApiHandlers, WatchOptions, status_response
 from sim.kubelocal.errors import ApiError
+from sim.kubelocal.list_watch import WatchOptions
 from sim.kubelocal.persistence import Persistence
+from sim.kubelocal.routes import ApiRouter
 from sim.kubelocal.store import Store
+from sim.kubelocal.wire import status_response
 
 T = TypeVar("T")
 
@@ -96,8 +98,8 @@ def create_app(
     chain = admission if admission is not None else AdmissionChain()
     app[STORE_KEY] = store
     app[ADMISSION_KEY] = chain
-    handlers = ApiHandlers(store, chain, WatchOptions(watch_timeout, bookmark_interval))
-    app.router.add_route("*", "/{path:.*}", handlers.dispatch)
+    router = ApiRouter(store, chain, WatchOptions(watch_timeout, bookmark_interval))
+    app.router.add_route("*", "/{path:.*}", router.dispatch)
     return app
 
 

@@ -22,10 +22,10 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from services.common.config import ConfigError
+from services.common.config import ConfigError, KubeAccess
 from services.common.entrypoint import wait_for_shutdown
 from services.common.inventory import INVENTORY_COLUMNS, format_table, inventory_rows
-from services.common.kube import KubeAccess, list_raw, new_api_client
+from services.common.kube import list_raw, new_api_client
 from services.common.log import LogConfig, configure_logging, get_logger
 from sim.local import kube_scheduler, kubelet
 from sim.local.cluster import LocalCluster, load_cluster, node_object

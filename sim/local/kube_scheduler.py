@@ -27,42 +27,33 @@ Not modelled: preemption (``preemptVerb`` is accepted and never called), pod (an
 spread, host ports, volumes, leader election, scoring plugins other than least-allocated.
 
 The configuration model is in ``kube_scheduler_config.py``, the pure filter and score in
-``kube_scheduler_fit.py``; this module holds the extender client, the scheduling loop and the process.
+``kube_scheduler_fit.py``, the extender client in ``kube_scheduler_extender.py`` and what an attempt writes
+back (binding, PodScheduled condition, Events) in ``kube_scheduler_outcomes.py``; this module holds the
+scheduling loop (queue, backoff, assumed pods) and the process.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
-import os
 import socket
-import ssl
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from services.common.config import ConfigError
+from services.common.config import ConfigError, KubeAccess
 from services.common.entrypoint import wait_for_shutdown
-from services.common.kube import KubeAccess, new_api_client
+from services.common.kube import new_api_client
 from services.common.log import get_logger
 from services.common.reflector import Reflector, object_key
-from sim.local.kube_scheduler_config import (
-    DEFAULT_SCHEDULER,
-    ExtenderConfig,
-    KubeSchedulerConfiguration,
-    TLSConfig,
-    load_scheduler_config,
-)
+from sim.local.kube_scheduler_config import KubeSchedulerConfiguration, load_scheduler_config
+from sim.local.kube_scheduler_extender import Extender, ExtenderError
 from sim.local.kube_scheduler_fit import (
     NodeUsage,
     combine_scores,
@@ -74,9 +65,9 @@ from sim.local.kube_scheduler_fit import (
     node_usage,
     occupies_node,
     pod_requests,
-    requests_any,
     select_host,
 )
+from sim.local.kube_scheduler_outcomes import OutcomeWriter, api_error_text
 
 Obj = dict[str, Any]
 
@@ -96,196 +87,7 @@ def _spec(obj: Mapping[str, Any]) -> Mapping[str, Any]:
     return spec if isinstance(spec, Mapping) else {}
 
 
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
-# --- extenders ---------------------------------------------------------------------------------------------
-
-
-class ExtenderError(Exception):
-    """An extender call failed or the extender answered with ``Error``."""
-
-
-def _lower_keys(value: Any) -> Any:
-    """Go decoders match JSON keys case-insensitively; so do we."""
-    return {str(k).lower(): v for k, v in value.items()} if isinstance(value, Mapping) else value
-
-
-class Extender:
-    """One configured extender: which pods it wants and its filter / prioritize / bind calls."""
-
-    def __init__(self, config: ExtenderConfig, session: aiohttp.ClientSession) -> None:
-        self.config = config
-        self._session = session
-        self._ssl: ssl.SSLContext | bool | None = None
-        self.managed = frozenset(r.name for r in config.managed_resources)
-        self.ignored = frozenset(r.name for r in config.managed_resources if r.ignored_by_scheduler)
-
-    @property
-    def name(self) -> str:
-        return self.config.url_prefix
-
-    def interested(self, pod: Mapping[str, Any]) -> bool:
-        return not self.managed or requests_any(pod, self.managed)
-
-    def _ssl_setting(self) -> ssl.SSLContext | bool | None:
-        if self._ssl is not None or not self.config.url_prefix.startswith("https://"):
-            return self._ssl
-        tls = self.config.tls_config or TLSConfig.model_validate({})
-        has_ca = bool(tls.ca_file or tls.ca_data)
-        if tls.insecure or (self.config.enable_https and not has_ca):
-            context = ssl.create_default_context()
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        else:
-            cadata = base64.b64decode(tls.ca_data).decode() if tls.ca_data else None
-            context = ssl.create_default_context(cafile=tls.ca_file or None, cadata=cadata)
-        if tls.cert_file or tls.cert_data:
-            self._load_client_cert(context, tls)
-        self._ssl = context
-        return context
-
-    @staticmethod
-    def _load_client_cert(context: ssl.SSLContext, tls: TLSConfig) -> None:
-        if tls.cert_file:
-            context.load_cert_chain(tls.cert_file, tls.key_file or None)
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            cert, key = Path(tmp, "tls.crt"), Path(tmp, "tls.key")
-            cert.write_bytes(base64.b64decode(tls.cert_data))
-            key.write_bytes(base64.b64decode(tls.key_data))
-            context.load_cert_chain(str(cert), str(key))
-
-    async def _send(self, verb: str, body: Any) -> Any:
-        url = f"{self.config.url_prefix}/{verb}"
-        try:
-            setting = self._ssl_setting()
-        except (OSError, ssl.SSLError, ValueError) as exc:
-            raise ExtenderError(f"extender {self.name}: bad tlsConfig: {exc}") from None
-        kwargs: dict[str, Any] = {}
-        if setting is not None:
-            kwargs["ssl"] = setting
-        tls = self.config.tls_config
-        if tls is not None and tls.server_name and url.startswith("https://"):
-            kwargs["server_hostname"] = tls.server_name
-        try:
-            async with self._session.post(
-                url,
-                data=json.dumps(body, separators=(",", ":")),
-                headers={"Content-Type": "application/json"},
-                timeout=aiohttp.ClientTimeout(total=self.config.http_timeout),
-                **kwargs,
-            ) as resp:
-                payload = await resp.read()
-                status = resp.status
-        except TimeoutError:
-            raise ExtenderError(
-                f'Post "{url}": context deadline exceeded (Client.Timeout exceeded while awaiting headers)'
-            ) from None
-        except aiohttp.ClientConnectorError as exc:
-            errno = exc.os_error.errno
-            reason = os.strerror(errno).lower() if errno else str(exc.os_error)
-            raise ExtenderError(f'Post "{url}": dial tcp {exc.host}:{exc.port}: connect: {reason}') from None
-        except aiohttp.ClientError as exc:
-            raise ExtenderError(f'Post "{url}": {type(exc).__name__}: {exc}') from None
-        if status != 200:
-            raise ExtenderError(f"failed {verb} with extender at URL {url}, code {status}")
-        try:
-            return json.loads(payload)
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise ExtenderError(f"extender at URL {url} answered {verb} with invalid JSON: {exc}") from None
-
-    def _args(self, pod: Obj, nodes: Sequence[Obj]) -> Obj:
-        if self.config.node_cache_capable:
-            return {"Pod": pod, "Nodes": None, "NodeNames": [name_of(n) for n in nodes]}
-        return {"Pod": pod, "Nodes": {"metadata": {}, "items": list(nodes)}, "NodeNames": None}
-
-    async def filter(
-        self, pod: Obj, nodes: Sequence[Obj]
-    ) -> tuple[list[str], dict[str, str], dict[str, str]]:
-        """(names that pass, FailedNodes, FailedAndUnresolvableNodes)."""
-        result = _lower_keys(await self._send(self.config.filter_verb, self._args(pod, nodes)))
-        if not isinstance(result, dict):
-            raise ExtenderError(f"extender {self.name}: filter answer is not an object")
-        if result.get("error"):
-            raise ExtenderError(str(result["error"]))
-        names: list[str] = []
-        if self.config.node_cache_capable and result.get("nodenames") is not None:
-            names = [str(n) for n in _list(result.get("nodenames"))]
-        elif isinstance(result.get("nodes"), Mapping):
-            items = _lower_keys(result["nodes"]).get("items")
-            names = [name_of(n) for n in _list(items) if isinstance(n, Mapping)]
-        known = {name_of(n) for n in nodes}
-        for name in names:
-            if name not in known:
-                raise ExtenderError(
-                    f"extender {self.name} claims a filtered node {name!r} "
-                    "which is not found in the input node list"
-                )
-
-        def reason_map(key: str) -> dict[str, str]:
-            value = result.get(key)
-            return {str(k): str(v) for k, v in value.items()} if isinstance(value, Mapping) else {}
-
-        return names, reason_map("failednodes"), reason_map("failedandunresolvablenodes")
-
-    async def prioritize(self, pod: Obj, nodes: Sequence[Obj]) -> dict[str, int]:
-        result = await self._send(self.config.prioritize_verb, self._args(pod, nodes))
-        if not isinstance(result, list):
-            raise ExtenderError(f"extender {self.name}: prioritize answer is not a list of HostPriority")
-        scores: dict[str, int] = {}
-        for entry in result:
-            entry = _lower_keys(entry)
-            if isinstance(entry, dict) and isinstance(entry.get("host"), str):
-                score = entry.get("score")
-                scores[entry["host"]] = int(score) if isinstance(score, int | float) else 0
-        return scores
-
-    async def bind(self, pod: Obj, node: str) -> None:
-        md = _meta(pod)
-        body = {
-            "PodName": md.get("name"),
-            "PodNamespace": md.get("namespace"),
-            "PodUID": md.get("uid"),
-            "Node": node,
-        }
-        result = _lower_keys(await self._send(self.config.bind_verb, body))
-        if isinstance(result, dict) and result.get("error"):
-            raise ExtenderError(str(result["error"]))
-
-
 # --- the scheduler -----------------------------------------------------------------------------------------
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def _read(response: Any) -> Any:
-    try:
-        data = response.data
-    finally:
-        response.release_conn()
-    return json.loads(data) if data else None
-
-
-def _api_error_text(exc: ApiException) -> str:
-    try:
-        body = json.loads(exc.body or "")
-    except (TypeError, ValueError):
-        body = None
-    if isinstance(body, dict) and body.get("message"):
-        return str(body["message"])
-    return f"{exc.status} {exc.reason}"
-
-
-@dataclass
-class _Recorded:
-    name: str
-    message: str
-    reason: str
-    count: int
 
 
 class KubeSchedulerStandIn:
@@ -306,6 +108,7 @@ class KubeSchedulerStandIn:
         self.core = client.CoreV1Api(api)
         self.instance = instance or socket.gethostname()
         self.sync_timeout = sync_timeout
+        self.outcomes = OutcomeWriter(self.core, self.instance)
         self.names = config.scheduler_names
         self.extenders: list[Extender] = []
         self.ignored: frozenset[str] = frozenset(
@@ -319,7 +122,6 @@ class KubeSchedulerStandIn:
         self._attempts: dict[str, int] = {}
         self._last_attempt: dict[str, float] = {}
         self._assumed: dict[str, tuple[Obj, float]] = {}
-        self._events: dict[tuple[str, str], _Recorded] = {}
         self._in_flight: str | None = None
         self._wake = asyncio.Event()
         #: Scheduling attempts made, for tests and logs.
@@ -341,9 +143,7 @@ class KubeSchedulerStandIn:
         if event == "DELETED" or not needs_scheduling(pod, self.names):
             self._forget(key)
             if event == "DELETED":
-                uid = str(_meta(pod).get("uid") or "")
-                for recorded in [k for k in self._events if k[0] == uid]:
-                    del self._events[recorded]
+                self.outcomes.forget_pod(str(_meta(pod).get("uid") or ""))
             # A pod leaving its node frees room for the pods that wait.
             if _spec(pod).get("nodeName") and (
                 event == "DELETED" or self._phase(pod) in ("Succeeded", "Failed")
@@ -496,12 +296,12 @@ class KubeSchedulerStandIn:
             if binder is not None:
                 await binder.bind(pod, host)
             else:
-                await self._bind(pod, host)
+                await self.outcomes.bind(pod, host)
         except ExtenderError as exc:
             await self._failed(pod, f"binding rejected: {exc}", "SchedulerError")
             return
         except ApiException as exc:
-            await self._failed(pod, f"binding rejected: {_api_error_text(exc)}", "SchedulerError")
+            await self._failed(pod, f"binding rejected: {api_error_text(exc)}", "SchedulerError")
             return
         assumed = json.loads(json.dumps(pod))
         assumed.setdefault("spec", {})["nodeName"] = host
@@ -509,7 +309,7 @@ class KubeSchedulerStandIn:
         self._attempts.pop(key, None)
         md = _meta(pod)
         log.info("pod_scheduled", pod=key, node=host, feasible=len(feasible), nodes=len(nodes))
-        await self._record(
+        await self.outcomes.record(
             pod,
             "Normal",
             "Scheduled",
@@ -538,22 +338,6 @@ class KubeSchedulerStandIn:
         log.debug("scores", pod=object_key(pod), totals=totals)
         return select_host(totals)
 
-    async def _bind(self, pod: Obj, host: str) -> None:
-        md = _meta(pod)
-        body: Any = {
-            "apiVersion": "v1",
-            "kind": "Binding",
-            "metadata": {"name": md.get("name"), "namespace": md.get("namespace"), "uid": md.get("uid")},
-            "target": {"apiVersion": "v1", "kind": "Node", "name": host},
-        }
-        await asyncio.to_thread(
-            lambda: _read(
-                self.core.create_namespaced_pod_binding(
-                    str(md.get("name")), str(md.get("namespace")), body, _preload_content=False
-                )
-            )
-        )
-
     async def _failed(self, pod: Obj, message: str, reason: str) -> None:
         key = object_key(pod)
         attempts = self._attempts.get(key, 0) + 1
@@ -564,110 +348,8 @@ class KubeSchedulerStandIn:
         )
         self._backoff[key] = time.monotonic() + delay
         log.info("pod_unschedulable", pod=key, reason=reason, message=message, retry_in_s=delay)
-        await self._record(pod, "Warning", "FailedScheduling", message, "Scheduling")
-        await self._set_unschedulable(pod, reason, message)
-
-    async def _set_unschedulable(self, pod: Obj, reason: str, message: str) -> None:
-        status = pod.get("status")
-        conditions = [
-            c
-            for c in _list(status.get("conditions") if isinstance(status, Mapping) else None)
-            if isinstance(c, Mapping)
-        ]
-        current = next((c for c in conditions if c.get("type") == "PodScheduled"), None)
-        if current is not None and (current.get("status"), current.get("reason"), current.get("message")) == (
-            "False",
-            reason,
-            message,
-        ):
-            return
-        condition = {
-            "type": "PodScheduled",
-            "status": "False",
-            "reason": reason,
-            "message": message,
-            "lastProbeTime": None,
-            "lastTransitionTime": _now(),
-        }
-        body = {
-            "status": {"conditions": [*(c for c in conditions if c.get("type") != "PodScheduled"), condition]}
-        }
-        md = _meta(pod)
-        try:
-            await asyncio.to_thread(
-                lambda: _read(
-                    self.core.patch_namespaced_pod_status(
-                        str(md.get("name")),
-                        str(md.get("namespace")),
-                        body,
-                        _content_type="application/merge-patch+json",
-                        _preload_content=False,
-                    )
-                )
-            )
-        except ApiException as exc:
-            if exc.status != 404:
-                log.warning("pod_condition_update_failed", pod=object_key(pod), error=_api_error_text(exc))
-
-    async def _record(self, pod: Obj, event_type: str, reason: str, message: str, action: str) -> None:
-        """Creates an Event on the pod; the same reason and message again bumps its count instead."""
-        md = _meta(pod)
-        namespace, name, uid = str(md.get("namespace")), str(md.get("name")), str(md.get("uid") or "")
-        component = str(_spec(pod).get("schedulerName") or DEFAULT_SCHEDULER)
-        now = _now()
-        previous = self._events.get((uid, reason))
-        if previous is not None and previous.message == message:
-            previous.count += 1
-            patch = {"count": previous.count, "lastTimestamp": now}
-            try:
-                await asyncio.to_thread(
-                    lambda: _read(
-                        self.core.patch_namespaced_event(
-                            previous.name,
-                            namespace,
-                            patch,
-                            _content_type="application/merge-patch+json",
-                            _preload_content=False,
-                        )
-                    )
-                )
-                return
-            except ApiException as exc:
-                if exc.status != 404:
-                    log.warning("event_update_failed", pod=f"{namespace}/{name}", error=_api_error_text(exc))
-                    return
-        event_name = f"{name}.{time.time_ns():x}"
-        body: Any = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"name": event_name, "namespace": namespace},
-            "involvedObject": {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "namespace": namespace,
-                "name": name,
-                "uid": uid,
-                "resourceVersion": str(md.get("resourceVersion") or ""),
-            },
-            "reason": reason,
-            "message": message,
-            "type": event_type,
-            "action": action,
-            "source": {"component": component},
-            "reportingComponent": component,
-            "reportingInstance": f"{component}-{self.instance}",
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-        }
-        try:
-            await asyncio.to_thread(
-                lambda: _read(self.core.create_namespaced_event(namespace, body, _preload_content=False))
-            )
-        except ApiException as exc:
-            log.warning("event_create_failed", pod=f"{namespace}/{name}", error=_api_error_text(exc))
-            return
-        self._events[(uid, reason)] = _Recorded(event_name, message, reason, 1)
+        await self.outcomes.record(pod, "Warning", "FailedScheduling", message, "Scheduling")
+        await self.outcomes.set_unschedulable(pod, reason, message)
 
 
 # --- process ----------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """A kubelet stand-in for local mode: the device-manager half of a kubelet, against kube-local.
 
-It does what a kubelet does with device plugins (spec kubelet-wire.md), and pretends to run pods:
+It does what a kubelet does with device plugins (docs/kubelet-wire.md), and pretends to run pods:
 
 * serves `v1beta1.Registration` on `<dir>/kubelet.sock`; on Register it dials `<dir>/<endpoint>`, calls
   GetDevicePluginOptions and keeps a ListAndWatch stream open (each message replaces the device list), and
@@ -44,8 +44,9 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from kubevgpu.kubelet.deviceplugin.v1beta1 import api_pb2, api_pb2_grpc
+from services.common.config import KubeAccess
 from services.common.grpc_server import GrpcServerHandle, build_server
-from services.common.kube import KubeAccess, KubeAccessError, new_api_client
+from services.common.kube import KubeAccessError, new_api_client
 from services.common.log import LogConfig, configure_logging, get_logger
 from services.common.reflector import Reflector
 from services.common.resources import quantity_as_int64

@@ -241,11 +241,9 @@ class Suite:
             plugin = self._process(
                 f"device-plugin-{node}",
                 [
-                    *console_script("kube-vgpu-device-plugin", "services.device_plugin"),
+                    *console_script("kube-vgpu-sim-device-plugin", "sim.gpus.device_plugin"),
                     "--node-name",
                     node,
-                    "--backend",
-                    "simulated",
                     "--simulated-inventory",
                     str(cluster_file),
                     "--plugin-dir",
@@ -294,10 +292,12 @@ class Suite:
         return next(p for p in self.processes if p.name == name)
 
     def _register_webhook(self, url: str, ca_pem: bytes) -> None:
-        """HAMi's registration (spec §4): pods CREATE, Ignore on failure, `hami.io/webhook NotIn [ignore]`."""
+        """HAMi's registration (docs/hami-wire.md#webhook): pods CREATE, Ignore on failure, `hami.io/webhook
+        NotIn [ignore]`."""
         from kubernetes import client
 
-        from services.common.kube import KubeAccess, new_api_client
+        from services.common.config import KubeAccess
+        from services.common.kube import new_api_client
 
         selector = {
             "matchExpressions": [{"key": "hami.io/webhook", "operator": "NotIn", "values": ["ignore"]}]

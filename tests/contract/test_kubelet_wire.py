@@ -1,6 +1,6 @@
 """Our kubelet protos are wire-identical to the kubelet's Device Plugin v1beta1 and PodResources v1 APIs.
 
-The tables below are transcribed from the kubelet's API definitions (see shared/spec/kubelet-wire.md).
+The tables below are transcribed from the kubelet's API definitions (see docs/kubelet-wire.md).
 Every message, field name, number and type, and every RPC path, is checked against the generated
 descriptors, in both directions (nothing missing, nothing extra).
 """

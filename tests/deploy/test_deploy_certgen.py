@@ -17,7 +17,8 @@ from kubernetes.client.exceptions import ApiException
 
 from services.common import certgen
 from services.common.certs import issue_serving_certificate
-from services.common.kube import KubeAccess, new_api_client, raw_json
+from services.common.config import KubeAccess
+from services.common.kube import new_api_client, raw_json
 
 NOW = datetime.datetime.now(datetime.UTC)
 MONTH = datetime.timedelta(days=30)

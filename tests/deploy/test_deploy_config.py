@@ -57,7 +57,7 @@ SERVICES = {
     "kube-vgpu-scheduler": ServiceSpec("services.scheduler.config", "SchedulerConfig"),
     "kube-vgpu-webhook": ServiceSpec("services.webhook.config", "WebhookConfig"),
     "kube-vgpu-device-plugin": ServiceSpec(
-        "services.device_plugin.config", "DevicePluginConfig", "services.device_plugin.cli"
+        "services.device_plugin.config", "DevicePluginConfig", "services.device_plugin.config"
     ),
     "kube-vgpu-monitor": ServiceSpec("services.monitor.config", "MonitorConfig", "services.monitor.config"),
 }
@@ -312,7 +312,7 @@ def test_device_plugin_config(objects: list[Obj], tmp_path: Path, monkeypatch: p
     assert cfg.node_name == DOWNWARD["spec.nodeName"] and field_ref(ctr, "NODE_NAME") == "spec.nodeName"
     assert port_of(cfg.grpc_bind) == container_port(ctr, "grpc") and listens_on_pod_ip(cfg.grpc_bind)
     from services.device_plugin.hostfs import HostLayout
-    from services.device_plugin.service import SERVICE_NAME
+    from services.device_plugin.kubelet import SERVICE_NAME
 
     assert ctr["readinessProbe"]["grpc"] == {"port": port_of(cfg.grpc_bind), "service": SERVICE_NAME}
     assert ctr["livenessProbe"]["grpc"]["port"] == port_of(cfg.grpc_bind)
@@ -332,7 +332,7 @@ def test_device_plugin_config(objects: list[Obj], tmp_path: Path, monkeypatch: p
     node_config = configmap_file(objects, ds, ctr, cfg.node_config_file)
     node_file = tmp_path / "node-config.json"
     node_file.write_text(node_config)
-    from services.device_plugin.settings import load_node_override
+    from services.device_plugin.config import load_node_override
 
     assert load_node_override(node_file, cfg.node_name) is None  # an empty nodeconfig list to fill in
     assert ctr["securityContext"]["privileged"] is True

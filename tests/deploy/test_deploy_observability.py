@@ -16,7 +16,7 @@ DASHBOARD = DEPLOY / "grafana/kube-vgpu-dashboard.json"
 ALERTS = DEPLOY / "prometheus/alerts.yaml"
 METRIC_RE = re.compile(r"\b((?:hami|kube_vgpu)_[a-z0-9_]+)\b")
 HISTOGRAM_SUFFIXES = ("_bucket", "_count", "_sum")
-#: The monitor's HAMi series (hami-control-plane.md §6.3), served by the monitor on :9394. Allowed even
+#: The monitor's HAMi series (docs/hami-wire.md#monitor-metrics), served by the monitor on :9394. Allowed even
 #: while the monitor's code does not name them yet.
 MONITOR_METRICS = frozenset(
     {

@@ -23,14 +23,14 @@ from kubernetes import client
 from kubevgpu.kubelet.deviceplugin.v1beta1 import api_pb2, api_pb2_grpc
 from services.common import wire
 from services.common.codecs import decode_node_devices
+from services.common.config import KubeAccess
 from services.common.device_config import NvidiaConfig
 from services.common.grpc_server import GrpcServerHandle, build_server
-from services.common.kube import KubeAccess, new_api_client
-from services.device_plugin.config import DevicePluginConfig, HealthConfig
+from services.common.kube import new_api_client
+from services.device_plugin.config import DevicePluginConfig, HealthConfig, effective_settings
 from services.device_plugin.gpu import GpuEvent
 from services.device_plugin.kubeops import KubeOps
-from services.device_plugin.service import DevicePlugin
-from services.device_plugin.settings import effective_settings
+from services.device_plugin.plugin import DevicePlugin
 from sim.gpus.backend import SimulatedBackend
 
 NODE = "node-a"
@@ -85,8 +85,6 @@ class Harness:
             "plugin_dir": str(self.dir),
             "host_hook_path": str(self.tmp / "hook"),
             "vgpulock_dir": str(self.tmp / "vgpulock"),
-            "backend": "simulated",
-            "simulated_inventory": str(inventory),
             "kubelet_watch_interval_seconds": 0.05,
             "register_retry_seconds": 0.2,
             "health": HealthConfig(recovery_seconds=overrides.pop("recovery_seconds", 0)),
@@ -146,7 +144,7 @@ class Harness:
 
     def channel(self) -> grpc.aio.Channel:
         assert self.plugin is not None
-        return grpc.aio.insecure_channel(f"unix:{self.plugin.socket_path}")
+        return grpc.aio.insecure_channel(f"unix:{self.plugin.endpoint.socket_path}")
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
@@ -204,7 +202,7 @@ async def test_serves_registers_and_lists_replicas(h: Harness) -> None:
         "nvidia.com/gpu",
     )
     assert request.options.get_preferred_allocation_available
-    assert plugin.socket_path == h.dir / "nvidia-gpu.sock"
+    assert plugin.endpoint.socket_path == h.dir / "nvidia-gpu.sock"
 
     async with h.channel() as ch:
         stub = api_pb2_grpc.DevicePluginStub(ch)
@@ -235,13 +233,13 @@ async def test_serves_registers_and_lists_replicas(h: Harness) -> None:
 async def test_kubelet_restart_makes_the_plugin_serve_and_register_again(h: Harness) -> None:
     plugin = await h.start_plugin()
     await asyncio.wait_for(h.kubelet.requests.get(), 5)
-    starts = plugin.server_starts
+    starts = plugin.endpoint.server_starts
     await h.restart_kubelet()
-    assert not plugin.socket_path.exists()
+    assert not plugin.endpoint.socket_path.exists()
     again = await asyncio.wait_for(h.kubelet.requests.get(), 5)
     assert again.endpoint == "nvidia-gpu.sock"
-    await eventually(lambda: plugin.registrations == 2)
-    assert plugin.server_starts == starts + 1
+    await eventually(lambda: plugin.endpoint.registrations == 2)
+    assert plugin.endpoint.server_starts == starts + 1
     async with h.channel() as ch:  # the new socket answers
         reply = await api_pb2_grpc.DevicePluginStub(ch).ListAndWatch(api_pb2.Empty()).read()
     assert len(reply.devices) == 4
@@ -252,10 +250,10 @@ async def test_plugin_started_before_the_kubelet_registers_when_it_appears(h: Ha
     await h.kubelet_server.stop(grace=0)
     plugin = await h.start_plugin()
     await asyncio.sleep(0.2)
-    assert plugin.registrations == 0
+    assert plugin.endpoint.registrations == 0
     await h.start_kubelet()
     await asyncio.wait_for(h.kubelet.requests.get(), 5)
-    await asyncio.wait_for(plugin.registered.wait(), 5)
+    await asyncio.wait_for(plugin.endpoint.registered.wait(), 5)
 
 
 async def test_health_event_resends_unhealthy_then_recovers(h: Harness) -> None:
@@ -304,11 +302,11 @@ async def test_inventory_edit_marks_gpu_unhealthy(h: Harness) -> None:
 
 async def test_registration_patches_only_when_changed_and_publishes_capacity(h: Harness) -> None:
     plugin = await h.start_plugin(publish_extended_capacity=True, register_interval_seconds=3600)
-    await eventually(lambda: plugin.node_patches == 1 and plugin.status_patches == 1)
+    await eventually(lambda: plugin.registrar.node_patches == 1 and plugin.registrar.status_patches == 1)
     rv = h.node()["metadata"]["resourceVersion"]
-    assert await plugin.sync_node() is False
-    assert await plugin.sync_node() is False
-    assert h.node()["metadata"]["resourceVersion"] == rv and plugin.node_patches == 1
+    assert await plugin.registrar.sync_node() is False
+    assert await plugin.registrar.sync_node() is False
+    assert h.node()["metadata"]["resourceVersion"] == rv and plugin.registrar.node_patches == 1
     status = h.node()["status"]
     assert status["capacity"][wire.RESOURCE_GPUMEM] == "30720"
     assert status["allocatable"][wire.RESOURCE_GPUCORES] == "200"
@@ -316,7 +314,7 @@ async def test_registration_patches_only_when_changed_and_publishes_capacity(h: 
     h.core.patch_node(
         NODE, {"metadata": {"annotations": {wire.NODE_NVIDIA_REGISTER: None}}}, _content_type=MERGE
     )
-    assert await plugin.sync_node() is True
+    assert await plugin.registrar.sync_node() is True
     assert wire.NODE_NVIDIA_REGISTER in h.node()["metadata"]["annotations"]
 
 

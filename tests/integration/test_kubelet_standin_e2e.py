@@ -1,4 +1,5 @@
-"""Local mode end to end: kube-local, the device plugin as its own process, and the kubelet stand-in.
+"""Local mode end to end: kube-local, the device plugin as its own process (kube-vgpu-sim-device-plugin: the
+product plugin on simulated GPUs), and the kubelet stand-in.
 
 The test plays the scheduler: it annotates a pod the way hami-scheduler does at Filter, takes the node lock,
 sets bind-phase and binds the pod. The kubelet stand-in then admits it through the real plugin process.
@@ -25,7 +26,8 @@ from kubernetes import client
 
 from services.common import wire
 from services.common.codecs import decode_node_devices
-from services.common.kube import KubeAccess, new_api_client
+from services.common.config import KubeAccess
+from services.common.kube import new_api_client
 from sim.local.cluster import simulated_uuid
 from sim.local.kubelet import ALLOCATIONS_ANNOTATION, REJECTED_REASON, KubeletStandIn, container_requests
 
@@ -61,9 +63,7 @@ class Env:
         env = {**os.environ, "NODE_NAME": NODE, "KUBE_VGPU_DEVICE_PLUGIN_LOG__FORMAT": "json"}
         self.plugin = subprocess.Popen(
             [
-                str(BIN / "kube-vgpu-device-plugin"),
-                "--backend",
-                "simulated",
+                str(BIN / "kube-vgpu-sim-device-plugin"),
                 "--simulated-inventory",
                 str(REPO / "deploy/local/cluster.yaml"),
                 "--plugin-dir",

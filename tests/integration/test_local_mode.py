@@ -59,7 +59,8 @@ def test_bad_cluster_file_fails_with_the_key(tmp_path: Path) -> None:
 
 
 def test_vgpuctl_nodes_reads_the_inventory(kube_local_url: str, tmp_path: Path) -> None:
-    from services.common.kube import KubeAccess, new_api_client
+    from services.common.config import KubeAccess
+    from services.common.kube import new_api_client
     from sim.local.cli import register_cluster
     from sim.local.cluster import load_cluster
 

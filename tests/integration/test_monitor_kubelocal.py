@@ -25,7 +25,8 @@ from kubevgpu.monitor.v1 import monitor_service_pb2 as pb
 from kubevgpu.monitor.v1 import monitor_service_pb2_grpc as pb_grpc
 from services.common import shared_region as sr
 from services.common import wire
-from services.common.kube import KubeAccess, new_api_client
+from services.common.config import KubeAccess
+from services.common.kube import new_api_client
 from services.monitor.config import MonitorConfig
 from services.monitor.runtime import MonitorRuntime
 from sim.regions import MIB, ProcUse, make_region, write_cache
@@ -157,10 +158,14 @@ async def test_monitor_pairs_caches_with_pods_from_kube_local(kube_local_url: st
         port = runtime.metrics_port
         assert port
         # Paired through the pod watch: the region's usage for trainer/main, the allocation for trainer/aux.
+        # The host indices come from the node watch, which may deliver after the pod watch: wait for both.
         fams = await eventually_metrics(
             port,
-            lambda f: series(f, "hami_vgpu_memory_used_bytes").get(("trainer", "main", GPU_A)) == 1088 * MIB,
-            "trainer/main usage",
+            lambda f: (
+                series(f, "hami_vgpu_memory_used_bytes").get(("trainer", "main", GPU_A)) == 1088 * MIB
+                and all(s.labels["device_index"] for s in f.get("hami_vgpu_memory_limit_bytes", []))
+            ),
+            "trainer/main usage and the registered host indices",
         )
         limits = series(fams, "hami_vgpu_memory_limit_bytes")
         assert limits[("trainer", "main", GPU_A)] == 4096 * MIB

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from services.common.kube import KubeAccess, new_api_client
+from services.common.config import KubeAccess
+from services.common.kube import new_api_client
 from services.common.reflector import Reflector, object_key
 from sim.kubelocal.server import KubeLocalThread
 from tests.support import free_port

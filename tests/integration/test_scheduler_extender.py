@@ -17,7 +17,8 @@ from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.common.codecs import encode_node_devices
-from services.common.kube import KubeAccess, new_api_client
+from services.common.config import KubeAccess
+from services.common.kube import new_api_client
 from services.common.model import DeviceInfo
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.extender_api import BindArgs
@@ -515,7 +516,7 @@ async def test_only_the_leader_binds(cluster: Cluster) -> None:
             await ext.runtime.stop()
 
 
-# --- phantom usage (known weakness 3) -----------------------------------------------------------------------
+# --- phantom usage (docs/weaknesses.md#phantom-usage) -------------------------------------------------------
 
 
 async def _bound_pod(cluster: Cluster, extender: Extender, name: str, node: str = "node-b") -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Leadership (spec §3.10) against a real kube-local: two extender replicas follow kube-scheduler's Lease.
+"""Leadership (docs/hami-wire.md#leader-election) against a real kube-local: two extender replicas follow
+kube-scheduler's Lease.
 
 Only the replica whose identity prefixes the Lease holder (and whose Lease is still valid) binds; the other
 answers binds with "not the leader" and keeps filtering from its cache. Each replica labels its own pod
@@ -15,7 +16,8 @@ import aiohttp
 from kubernetes import client
 
 from services.common.codecs import encode_node_devices
-from services.common.kube import KubeAccess, new_api_client
+from services.common.config import KubeAccess
+from services.common.kube import new_api_client
 from services.common.model import DeviceInfo
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.leader import LeaderState

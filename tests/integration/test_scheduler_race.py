@@ -17,7 +17,8 @@ import aiohttp
 from kubernetes import client
 
 from services.common.codecs import decode_node_devices, decode_pod_single_device, encode_node_devices
-from services.common.kube import KubeAccess, new_api_client
+from services.common.config import KubeAccess
+from services.common.kube import new_api_client
 from services.common.model import DeviceInfo
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.runtime import SchedulerRuntime

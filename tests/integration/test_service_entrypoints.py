@@ -15,7 +15,13 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 BIN = Path(sys.executable).parent
-SERVICES = ["kube-vgpu-scheduler", "kube-vgpu-webhook", "kube-vgpu-device-plugin", "kube-vgpu-monitor"]
+SERVICES = [
+    "kube-vgpu-scheduler",
+    "kube-vgpu-webhook",
+    "kube-vgpu-device-plugin",
+    "kube-vgpu-monitor",
+    "kube-vgpu-sim-device-plugin",
+]
 # The webhook serves health on its HTTPS listener (GET /healthz), not gRPC: see test_webhook_entrypoint.py.
 GRPC_SERVICES = [s for s in SERVICES if s != "kube-vgpu-webhook"]
 REPO = Path(__file__).resolve().parents[2]
@@ -23,16 +29,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _extra_args(prog: str, sock_dir: str) -> list[str]:
     """Flags a service needs beyond --grpc-bind to start on a machine without GPUs or a cluster."""
-    if prog == "kube-vgpu-device-plugin":
-        # Simulated GPUs of a local-mode node; the API server is unreachable (the plugin keeps retrying),
+    if prog in ("kube-vgpu-device-plugin", "kube-vgpu-sim-device-plugin"):
+        # The product plugin finds no GPU through NVML here and keeps retrying; the simulator's plugin runs on
+        # the simulated GPUs of a local-mode node. The API server is unreachable (the plugin keeps retrying),
         # and there is no kubelet.sock in the plugin dir (it waits for one), yet health must answer.
+        simulated = ["--simulated-inventory", str(REPO / "deploy/local/cluster.yaml")]
         return [
             "--node-name",
             "gpu-node-a",
-            "--backend",
-            "simulated",
-            "--simulated-inventory",
-            str(REPO / "deploy/local/cluster.yaml"),
+            *(simulated if prog == "kube-vgpu-sim-device-plugin" else []),
             "--plugin-dir",
             sock_dir,
             "--host-hook-path",
@@ -65,7 +70,10 @@ def test_service_serves_health_and_stops_on_sigterm(prog: str) -> None:
     target = f"unix:{sock_dir}/grpc.sock"
     env = {
         **os.environ,
-        "KUBE_VGPU_" + prog.removeprefix("kube-vgpu-").replace("-", "_").upper() + "_LOG__FORMAT": "json",
+        # The simulator's plugin reads the product plugin's env names.
+        "KUBE_VGPU_"
+        + prog.removeprefix("kube-vgpu-").removeprefix("sim-").replace("-", "_").upper()
+        + "_LOG__FORMAT": "json",
     }
     proc = subprocess.Popen(
         [str(BIN / prog), "--grpc-bind", target, *_extra_args(prog, sock_dir)],

@@ -19,7 +19,8 @@ from aiohttp import web
 from kubernetes import client
 
 from services.common.codecs import encode_node_devices
-from services.common.kube import KubeAccess, new_api_client
+from services.common.config import KubeAccess
+from services.common.kube import new_api_client
 from services.common.model import DeviceInfo
 from services.webhook.caches import WebhookCaches
 from services.webhook.mutate import MutationPolicy

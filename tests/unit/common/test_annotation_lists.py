@@ -1,4 +1,5 @@
-"""Comma lists and booleans of node and pod annotations (spec 2.1, 2.2, 7.3 cordon)."""
+"""Comma lists and booleans of node and pod annotations (docs/hami-wire.md#node-annotations,
+docs/hami-wire.md#pod-annotations)."""
 
 from __future__ import annotations
 

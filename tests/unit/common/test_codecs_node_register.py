@@ -1,4 +1,5 @@
-"""`hami.io/node-nvidia-register`: HAMi's Go JSON array and the legacy colon form (spec 2.3, 7.6)."""
+"""`hami.io/node-nvidia-register`: HAMi's Go JSON array and the legacy colon form
+(docs/hami-wire.md#node-register-encoding)."""
 
 from __future__ import annotations
 

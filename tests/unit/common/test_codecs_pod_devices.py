@@ -1,4 +1,5 @@
-"""Pod device encoding `UUID,Type,mem,cores:` / `;` per container (spec 2.4, 7.6) and legacy MIG UUIDs."""
+"""Pod device encoding `UUID,Type,mem,cores:` / `;` per container (docs/hami-wire.md#pod-device-encoding) and
+legacy MIG UUIDs."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ def nv(uuid: str, mem: int, cores: int, type_: str = "NVIDIA") -> ContainerDevic
     return ContainerDevice(uuid=uuid, type=type_, usedmem=mem, usedcores=cores)
 
 
-# (slots, wire) pairs: spec 2.4 examples verbatim, then HAMi TestPodDevicesCoding (spec 7.6).
+# (slots, wire) pairs: the examples of docs/hami-wire.md#pod-device-encoding, then
+# docs/hami-wire.md#codec-cases.
 ENCODINGS = [
     pytest.param(
         [[nv("GPU-0fc3eda5-e98b-a25b-5b0d-cf5c855d1448", 3000, 30)]],
@@ -72,7 +74,8 @@ def test_empty_value_decodes_to_one_empty_slot() -> None:
 
 
 def test_consumed_slots_stay_empty_and_reencoding_adds_one_trailing_slot() -> None:
-    # After the device plugin consumed container 0 (spec 2.4): indices must not shift.
+    # After the device plugin consumed container 0 (docs/hami-wire.md#pod-device-encoding): indices must not
+    # shift.
     value = ";GPU-b,NVIDIA,2000,8:;;"
     slots = decode_pod_single_device(value)
     assert slots == [[], [nv("GPU-b", 2000, 8)], [], []]

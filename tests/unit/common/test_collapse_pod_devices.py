@@ -1,4 +1,4 @@
-"""Folding a pod's per-container devices into its effective per-GPU usage (spec 3.2, 3.4)."""
+"""Folding a pod's per-container devices into its effective per-GPU usage (docs/hami-wire.md#node-usage)."""
 
 from __future__ import annotations
 

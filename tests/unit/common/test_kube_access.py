@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from services.common.kube import KubeAccess, KubeAccessError, describe_access, new_api_client
+from services.common.config import KubeAccess
+from services.common.kube import KubeAccessError, describe_access, new_api_client
 
 KUBECONFIG = """
 apiVersion: v1

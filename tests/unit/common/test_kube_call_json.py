@@ -9,7 +9,8 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from services.common.kube import KubeAccess, call_json, core_path, new_api_client
+from services.common.config import KubeAccess
+from services.common.kube import call_json, core_path, new_api_client
 
 NS = "default"
 MERGE = "application/merge-patch+json"

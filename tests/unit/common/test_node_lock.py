@@ -1,4 +1,5 @@
-"""`hami.io/mutex.lock`: `<RFC3339>,<ns>,<name>` or the legacy bare timestamp (spec 2.1, 3.8, 7.7)."""
+"""`hami.io/mutex.lock`: `<RFC3339>,<ns>,<name>` or the legacy bare timestamp
+(docs/hami-wire.md#node-lock)."""
 
 from __future__ import annotations
 
@@ -95,8 +96,9 @@ def test_encode_refuses_an_owner_with_a_comma() -> None:
         encode_node_lock(NodeLock(T0, "ns", "a,b"))
 
 
-# The lock cases of spec 3.8 / 7.7 (`Test_LockNode`), reduced to the pure decision inputs: is the existing
-# lock past the timeout (forced release, re-lock), and is it held by the requesting pod (treated as acquired)?
+# The lock cases of docs/hami-wire.md#lock-and-health-cases, reduced to the pure decision inputs: is the
+# existing lock past the timeout (forced release, re-lock), and is it held by the requesting pod (treated as
+# acquired)?
 @pytest.mark.parametrize(
     ("value", "age", "requester", "expired", "held"),
     [

@@ -1,4 +1,5 @@
-"""Fit failure reasons: the vocabulary and `"<count>/<total> <Reason>, ..."` strings (spec 3.5, 7.6)."""
+"""Fit failure reasons: the vocabulary and `"<count>/<total> <Reason>, ..."` strings
+(docs/hami-wire.md#fit-reasons)."""
 
 from __future__ import annotations
 

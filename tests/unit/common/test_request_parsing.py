@@ -1,4 +1,5 @@
-"""NVIDIA request derivation from container resources (spec 1.1 and every row of the 7.1 fixture table)."""
+"""NVIDIA request derivation from container resources (docs/hami-wire.md#request-parsing,
+docs/hami-wire.md#request-cases)."""
 
 from __future__ import annotations
 
@@ -98,7 +99,8 @@ def test_spec_fixture_rows(
     assert generate_container_request(resources, cfg) == expected
 
 
-# The rules of spec 1.1 around the fixture rows: boundaries, precedence, and what "no request" means.
+# The rules of docs/hami-wire.md#request-parsing around the fixture rows: boundaries, precedence, and what "no
+# request" means.
 @pytest.mark.parametrize(
     ("resources", "cfg", "expected"),
     [

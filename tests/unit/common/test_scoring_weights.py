@@ -1,4 +1,5 @@
-"""`hami.io/device-scoring-weights: slot=<int>,core=<int>,memory=<int>` (spec 2.2, 7.5, 7.6)."""
+"""`hami.io/device-scoring-weights: slot=<int>,core=<int>,memory=<int>` (docs/hami-wire.md#pod-annotations,
+docs/hami-wire.md#score-cases)."""
 
 from __future__ import annotations
 

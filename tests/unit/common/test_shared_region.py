@@ -34,7 +34,7 @@ from services.common.shared_region import (
     read_region,
 )
 
-# HAMi-core spec §6.3/§6.4 and control-plane spec §6.2: (field, offset)
+# docs/libvgpu-contract.md#shared-region-layout: (field, offset)
 V1_TOP = [
     ("major_version", 4),
     ("minor_version", 8),
@@ -136,7 +136,7 @@ def test_absolute_offsets_of_slot_fields_in_v1_bytes() -> None:
 
 
 def test_the_observed_h100_region_reads_back() -> None:
-    """HAMi-core spec §6.6: test_alloc_hold, limit 2g, SM 40, priority 0."""
+    """docs/libvgpu-contract.md#process-slots: test_alloc_hold, limit 2g, SM 40, priority 0."""
     uuid = "GPU-4153abfc-1111-2222-3333-444455556666"
     slot = ProcSlot(
         pid=1632,

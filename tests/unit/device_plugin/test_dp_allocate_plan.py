@@ -1,4 +1,5 @@
-"""Allocate and GetPreferredAllocation as pure functions: the spec §7.7 fixtures and the edge cases."""
+"""Allocate and GetPreferredAllocation as pure functions: the docs/hami-wire.md#allocate-cases fixtures and
+the edge cases."""
 
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ from services.device_plugin.allocate import (
     plan_preferred,
     preferred_for_container,
 )
+from services.device_plugin.config import NodeOverride, PluginSettings, effective_settings
 from services.device_plugin.devices import physical_id
 from services.device_plugin.hostfs import HostLayout, LibFiles
-from services.device_plugin.settings import NodeOverride, PluginSettings, effective_settings
 
 LAYOUT = HostLayout(hook_path="/usr/local", host_hook_dir="/host/usr/local", vgpulock_dir="/tmp/vgpulock")
 LIBS = LibFiles(

@@ -10,11 +10,15 @@ import pytest
 from services.common.codecs import decode_node_devices, encode_node_devices
 from services.common.config import ConfigError
 from services.common.device_config import NvidiaConfig
-from services.device_plugin.config import DEFAULT_IGNORED_XIDS
+from services.device_plugin.config import (
+    DEFAULT_IGNORED_XIDS,
+    NodeOverride,
+    effective_settings,
+    load_node_override,
+)
 from services.device_plugin.devices import extended_capacity, managed_gpus, replicas, select_gpus
 from services.device_plugin.gpu import GpuEvent, GpuInfo, device_type_name, sysfs_pci_address
 from services.device_plugin.health import HealthTracker
-from services.device_plugin.settings import NodeOverride, effective_settings, load_node_override
 
 T4 = GpuInfo(uuid="GPU-t4-0", index=0, name="Tesla T4", memory_mib=15360, numa=0)
 A100 = GpuInfo(uuid="GPU-a100-1", index=1, name="NVIDIA A100-SXM4-80GB", memory_mib=81920, numa=1)

@@ -11,8 +11,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from sim.local.kube_scheduler import Extender, ExtenderError
 from sim.local.kube_scheduler_config import ExtenderConfig
+from sim.local.kube_scheduler_extender import Extender, ExtenderError
 
 Obj = dict[str, Any]
 POD: Obj = {

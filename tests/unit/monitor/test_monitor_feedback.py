@@ -1,4 +1,4 @@
-"""The priority feedback loop (spec §6.4) as a pure function."""
+"""The priority feedback loop (docs/hami-wire.md#monitor-feedback) as a pure function."""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ from services.monitor.hostgpu import HostGpuStat
 from services.monitor.monitor import Monitor
 from services.monitor.pods import PodIndex, RegisteredGpu, pod_info
 from services.monitor.regions import RegionStore
-from services.monitor.service import MonitorServicer
+from services.monitor.servicer import MonitorServicer
 from services.vgpuctl import cli as vgpuctl
 from sim.regions import MIB, ProcUse, make_region, write_cache
 

@@ -14,10 +14,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from services.common import wire
+from services.common.prom_text import CONTENT_TYPE
 from services.monitor.hostgpu import HostGpuStat
 from services.monitor.metrics import (
     CONTAINER_LABELS,
-    TEXT_CONTENT_TYPE,
     ErrorCounts,
     MonitorCounters,
     MonitorMetrics,
@@ -223,7 +223,7 @@ async def test_metrics_endpoint(metrics: MonitorMetrics) -> None:
             session.get(f"http://127.0.0.1:{port}/metrics") as resp,
         ):
             assert resp.status == 200
-            assert resp.headers["Content-Type"] == TEXT_CONTENT_TYPE
+            assert resp.headers["Content-Type"] == CONTENT_TYPE
             body = await resp.text()
     finally:
         await runner.cleanup()

@@ -16,7 +16,8 @@ from kubernetes import client
 
 from services.common import wire
 from services.common.codecs import encode_node_devices
-from services.common.kube import KubeAccess, call_json, core_path, new_api_client
+from services.common.config import KubeAccess
+from services.common.kube import call_json, core_path, new_api_client
 from services.common.model import DeviceInfo
 from services.scheduler.cache import UsageCache
 from services.scheduler.config import SchedulerConfig

@@ -1,4 +1,4 @@
-"""The GPU score (spec 3.6; fixtures 7.5 TestComputeScore, TestComputeScoreWithResourceWeights; 10.2)."""
+"""The GPU score (docs/hami-wire.md#gpu-score-and-sort, docs/hami-wire.md#score-cases)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import pytest
 
 from services.common import wire
 from services.common.model import ContainerDeviceRequest, DeviceScoringWeights, DeviceUsage
+from services.scheduler.decoders import PodContext
 from services.scheduler.fit import (
     NodeSnapshot,
     PodAnnotationError,
-    PodContext,
     SchedulingPolicy,
     device_score,
     fit_container,
@@ -70,7 +70,8 @@ def test_compute_score(device: DeviceUsage, requests: list[ContainerDeviceReques
 
 
 def test_request_terms_apply_when_the_card_type_contains_the_request_type() -> None:
-    # kube-vgpu decision (spec 10.2): a real card type such as "NVIDIA-Tesla T4" takes the request terms.
+    # kube-vgpu decision (docs/hami-wire.md#score-request-terms): a real card type such as "NVIDIA-Tesla T4"
+    # takes the request terms.
     t4 = card(10, 4, 8192, 2, 1, 2048, type="NVIDIA-Tesla T4")
     assert device_score(t4, [request(nums=4, memreq=1024, cores=1)]) == pytest.approx(11.75)
     assert device_score(t4, [request(memreq=1024, cores=1, type="nvidia")]) == pytest.approx(11.75)

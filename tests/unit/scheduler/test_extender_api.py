@@ -1,4 +1,5 @@
-"""Extender JSON (spec §3.1): any key casing in, Go field names out, HAMi's error texts."""
+"""Extender JSON (docs/hami-wire.md#extender-routes): any key casing in, Go field names out, HAMi's error
+texts."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Filter decisions over many nodes, their event texts (spec §3.11) and the bind annotations (spec §2.2)."""
+"""Filter decisions over many nodes, their event texts (docs/hami-wire.md#events), the bind annotations."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from typing import Any
 
 from services.common.model import ContainerDevice, DeviceUsage, MigPlacement
 from services.scheduler.bind import already_bound, bind_annotations, encode_mig_allocations, revert_patch
+from services.scheduler.decoders import pod_context
 from services.scheduler.filtering import EventText, evaluate, failure_events, success_event
-from services.scheduler.fit import MigAssignment, NodeFit, NodeSnapshot, SchedulingPolicy, pod_context
+from services.scheduler.fit import MigAssignment, NodeFit, NodeSnapshot, SchedulingPolicy
 
 
 def gpu(uuid: str, *, used: int = 0, usedmem: int = 0, usedcores: int = 0, mem: int = 16000) -> DeviceUsage:

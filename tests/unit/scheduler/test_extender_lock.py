@@ -1,4 +1,5 @@
-"""Node lock decisions (spec §3.8, §7.7 `Test_LockNode`), as pure functions."""
+"""Node lock decisions (docs/hami-wire.md#node-lock, docs/hami-wire.md#lock-and-health-cases), as pure
+functions."""
 
 from __future__ import annotations
 

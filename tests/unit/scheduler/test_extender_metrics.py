@@ -1,4 +1,5 @@
-"""Scheduler metrics (spec §3.12) computed from the cache at scrape time, parsed back as Prometheus text."""
+"""Scheduler metrics (docs/hami-wire.md#scheduler-metrics) computed from the cache at scrape time, parsed back
+as Prometheus text."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The NVIDIA Fit over an ordered card list (spec 3.5 checks 1-16, fixture table 7.3)."""
+"""The NVIDIA Fit over an ordered card list (docs/hami-wire.md#fit, docs/hami-wire.md#fit-cases)."""
 
 from __future__ import annotations
 

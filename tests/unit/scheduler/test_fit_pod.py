@@ -1,4 +1,5 @@
-"""A whole pod on a node (spec 3.3-3.5, Test_Filter of 7.5, slot semantics 10.1, sidecars weakness 5)."""
+"""A whole pod on a node (docs/hami-wire.md#fit, docs/hami-wire.md#score-cases,
+docs/hami-wire.md#slot-per-container)."""
 
 from __future__ import annotations
 
@@ -16,16 +17,9 @@ from services.common.model import (
     MigPlacement,
     MigProfile,
 )
-from services.scheduler.fit import (
-    MigAssignment,
-    NodeSnapshot,
-    PodContext,
-    SchedulingPolicy,
-    apply_allocation,
-    choose_best,
-    fit_pod,
-    pod_context,
-)
+from services.scheduler.allocation import apply_allocation
+from services.scheduler.decoders import PodContext, pod_context
+from services.scheduler.fit import MigAssignment, NodeSnapshot, SchedulingPolicy, choose_best, fit_pod
 
 
 def card(uuid: str, used: int = 0, usedmem: int = 0, usedcores: int = 0, totalmem: int = 8000) -> DeviceUsage:
@@ -106,7 +100,7 @@ def test_node_scores_are_pre_allocation() -> None:
     assert [f.score for f in fits] == [pytest.approx(3.0), pytest.approx(8.0)]
 
 
-# --- Slots (spec 10.1) --------------------------------------------------------------------------------------
+# --- Slots (docs/hami-wire.md#slot-per-container) -----------------------------------------------------------
 
 
 def k8s_pod(init: list[dict[str, Any]], app: list[dict[str, Any]]) -> dict[str, Any]:
@@ -199,7 +193,7 @@ def test_the_allocation_applied_matches_what_fit_checked() -> None:
     assert (b.used, b.usedmem, b.usedcores) == (1, 1000, 10)
 
 
-# --- Native sidecars (known weakness 5) ---------------------------------------------------------------------
+# --- Native sidecars (docs/weaknesses.md#init-and-sidecar-accounting) ---------------------------------------
 
 
 def test_sidecar_counts_with_the_app_containers() -> None:

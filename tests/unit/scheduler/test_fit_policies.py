@@ -1,4 +1,5 @@
-"""GPU policies inside Fit: NUMA binding, mutex, topology and the policy-driven sort (spec 3.5, 3.6, 7.4)."""
+"""GPU policies inside Fit: NUMA binding, mutex, topology and the policy-driven sort
+(docs/hami-wire.md#policy-cases)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import pytest
 
 from services.common import wire
 from services.common.model import ContainerDeviceRequest, DeviceUsage
+from services.scheduler.decoders import PodContext
 from services.scheduler.fit import (
     NodeSnapshot,
-    PodContext,
     PodFilters,
     SchedulingPolicy,
     ScoredDevice,
@@ -87,7 +88,7 @@ def test_score_is_primary_across_numa() -> None:
     assert [d.uuid for d in result.devices] == ["P_n0"]
 
 
-# --- Sort orders (spec 3.6) ---------------------------------------------------------------------------------
+# --- Sort orders (docs/hami-wire.md#gpu-score-and-sort) -----------------------------------------------------
 
 
 @pytest.mark.parametrize(

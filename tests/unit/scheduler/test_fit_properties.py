@@ -16,20 +16,17 @@ from services.common.model import (
     MigPlacement,
     MigProfile,
 )
+from services.scheduler.allocation import apply_allocation, collapse_allocation
+from services.scheduler.decoders import PodContext
 from services.scheduler.fit import (
-    NamespaceQuota,
     NodeFit,
     NodeSnapshot,
-    PodContext,
-    QuotaEntry,
-    QuotaView,
     SchedulingPolicy,
-    apply_allocation,
     choose_best,
-    collapse_allocation,
     fit_pod,
     priority_scores,
 )
+from services.scheduler.quota import NamespaceQuota, QuotaEntry, QuotaView
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -1,4 +1,5 @@
-"""Every fit failure reason of HAMi's vocabulary (spec 3.5) comes out of `fit_pod` in some situation."""
+"""Every fit failure reason of HAMi's vocabulary (docs/hami-wire.md#fit-reasons) comes out of `fit_pod` in
+some situation."""
 
 from __future__ import annotations
 
@@ -11,19 +12,12 @@ import pytest
 from services.common import wire
 from services.common.codecs import parse_reasons
 from services.common.model import ContainerDeviceRequest, DeviceUsage, MigPlacement, MigProfile
-from services.scheduler.fit import (
-    NamespaceQuota,
-    NodeFit,
-    NodeSnapshot,
-    PodContext,
-    QuotaEntry,
-    QuotaView,
-    SchedulingPolicy,
-    fit_pod,
-)
+from services.scheduler.decoders import PodContext
+from services.scheduler.fit import NodeFit, NodeSnapshot, SchedulingPolicy, fit_pod
+from services.scheduler.quota import NamespaceQuota, QuotaEntry, QuotaView
 
-# NodeUnfitPod, NodeFitPod and ModeNotFit are defined by HAMi but never produced by the NVIDIA Fit (spec 3.5,
-# "also defined").
+# NodeUnfitPod, NodeFitPod and ModeNotFit are defined by HAMi but never produced by the NVIDIA Fit
+# (docs/hami-wire.md#fit-reasons).
 NOT_PRODUCED_BY_FIT = {wire.Reason.NODE_UNFIT_POD, wire.Reason.NODE_FIT_POD, wire.Reason.MODE_NOT_FIT}
 
 

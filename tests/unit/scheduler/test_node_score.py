@@ -1,14 +1,15 @@
-"""Node score, HAMi's single-node choice and the prioritize mapping (spec 3.7, 7.5, weakness 1)."""
+"""Node score, HAMi's single-node choice and the prioritize mapping (docs/hami-wire.md#node-score,
+docs/weaknesses.md#filter-picks-one-node)."""
 
 from __future__ import annotations
 
 import pytest
 
 from services.common.model import ContainerDeviceRequest, DeviceUsage
+from services.scheduler.decoders import PodContext
 from services.scheduler.fit import (
     NodeFit,
     NodeSnapshot,
-    PodContext,
     SchedulingPolicy,
     choose_best,
     fit_pod,

@@ -1,4 +1,5 @@
-"""Building a PodContext from a Kubernetes pod (slot order 3.3 step 1, sidecars known weakness 5)."""
+"""Building a PodContext from a Kubernetes pod (docs/hami-wire.md#filter step 1,
+docs/weaknesses.md#init-and-sidecar-accounting)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import Any
 
 from services.common.model import ContainerDeviceRequest
 from services.common.resources import NvidiaRequestConfig
-from services.scheduler.fit import PodContext, pod_context
+from services.scheduler.decoders import PodContext, pod_context
 
 
 def container(name: str, limits: dict[str, str] | None = None, restart: str | None = None) -> dict[str, Any]:

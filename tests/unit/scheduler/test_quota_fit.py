@@ -1,4 +1,4 @@
-"""Namespace quota inside Fit (spec 3.2, 3.5 step 10; fixtures 7.7 TestFitResourceQuota*)."""
+"""Namespace quota inside Fit (docs/hami-wire.md#quota, docs/hami-wire.md#quota-cases)."""
 
 from __future__ import annotations
 
@@ -12,15 +12,9 @@ from services.common.model import (
     MigPlacement,
     MigProfile,
 )
-from services.scheduler.fit import (
-    NamespaceQuota,
-    NodeSnapshot,
-    PodContext,
-    QuotaEntry,
-    QuotaView,
-    SchedulingPolicy,
-    fit_pod,
-)
+from services.scheduler.decoders import PodContext
+from services.scheduler.fit import NodeSnapshot, SchedulingPolicy, fit_pod
+from services.scheduler.quota import NamespaceQuota, QuotaEntry, QuotaView
 
 MEM_KEY = "limits.nvidia.com/gpumem"
 CORE_KEY = "limits.nvidia.com/gpucores"

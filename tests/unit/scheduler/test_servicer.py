@@ -22,7 +22,7 @@ from services.common.model import DeviceInfo
 from services.common.resources import NvidiaRequestConfig
 from services.scheduler.cache import UsageCache
 from services.scheduler.fit import SchedulingPolicy
-from services.scheduler.grpc_service import SchedulerServicer
+from services.scheduler.servicer import SchedulerServicer
 from services.vgpuctl.cli import main as vgpuctl_main
 
 

@@ -1,4 +1,5 @@
-"""The usage cache (spec §3.2, §3.4) fed event by event: phantom usage, init release, reservations, replay."""
+"""The usage cache (docs/hami-wire.md#caches) fed event by event: phantom usage, init release, reservations,
+replay."""
 
 from __future__ import annotations
 
@@ -12,13 +13,8 @@ import pytest
 
 from services.common.codecs import encode_node_devices
 from services.common.model import ContainerDevice, DeviceInfo
-from services.scheduler.cache import (
-    Reservation,
-    UsageCache,
-    build_snapshot,
-    init_containers_done,
-    pod_usage_from_object,
-)
+from services.scheduler.cache import Reservation, UsageCache, build_snapshot
+from services.scheduler.decoders import init_containers_done, pod_usage_from_object
 
 NOW = datetime(2026, 8, 21, 10, 0, 0, tzinfo=UTC)
 GPU_A = "GPU-aaaa"

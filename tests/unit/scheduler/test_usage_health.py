@@ -1,4 +1,4 @@
-"""Node health (spec §3.9, §7.7 `Test_CheckHealth`; known weakness 4: a node is never wedged)."""
+"""Node health (docs/hami-wire.md#lock-and-health-cases; docs/weaknesses.md#wedged-nodes)."""
 
 from __future__ import annotations
 

@@ -6,8 +6,8 @@ import pytest
 
 from services.common.config import ConfigError, load_config, split_host_port
 from services.common.device_config import DeviceConfig
-from services.webhook.cli import policy_from_config
 from services.webhook.config import ENV_PREFIX, WebhookConfig
+from services.webhook.runtime import policy_from_config
 
 TLS = {"cert_file": "/tls/tls.crt", "key_file": "/tls/tls.key"}
 

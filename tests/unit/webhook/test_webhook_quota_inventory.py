@@ -1,4 +1,4 @@
-"""Rule 7 (namespace quota pre-check, spec 7.7 `TestFitResourceQuota`) and rule 6b (requests no registered
+"""Rule 7 (namespace quota pre-check, docs/hami-wire.md#quota-cases) and rule 6b (requests no registered
 card could hold), as pure decisions over plain views."""
 
 from __future__ import annotations

@@ -264,7 +264,8 @@ def test_default_gpu_number(limits: dict[str, Any], keys: dict[str, Any], expect
 
 
 def test_gpu_count_in_requests_only_is_a_gpu_request() -> None:
-    # The scheduler reads limits then requests (spec 1.1); the webhook agrees on which pods it routes.
+    # The scheduler reads limits then requests (docs/hami-wire.md#request-parsing); the webhook agrees on
+    # which pods it routes.
     decision, result = admit(pod(ctr(requests=res(gpu="1"))))
     assert decision.has_resource
     assert result["spec"]["schedulerName"] == "hami-scheduler"
@@ -285,7 +286,7 @@ def test_custom_resource_names_are_used() -> None:
     assert decision.has_resource
 
 
-# --- rule 4e: exclusive-core default (spec 7.2 `TestMutateAdmissionDefaultsExclusiveCore`) ------------------
+# --- rule 4e: exclusive-core default (docs/hami-wire.md#exclusive-core-cases) -------------------------------
 
 
 @pytest.mark.parametrize(
@@ -431,7 +432,7 @@ def test_node_assigned_is_fine_when_no_scheduler_is_configured() -> None:
     assert decision.allowed
 
 
-# --- spec 7.7 webhook rows ------------------------------------------------------------------------------
+# --- docs/hami-wire.md#webhook-cases --------------------------------------------------------------------
 
 
 def test_hami_webhook_fixture_rows() -> None:

@@ -21,7 +21,6 @@ from services.monitor.pods import RegisteredGpu
 
 SERVICE_NAME: Final = "kubevgpu.monitor.v1.MonitorService"
 MIN_WATCH_INTERVAL_MS: Final = 100
-MIB: Final = 1024 * 1024
 
 
 def container_message(view: ContainerView) -> pb.ContainerUsage:
