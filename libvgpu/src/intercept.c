@@ -57,11 +57,6 @@ static struct hook_entry *hook_entry_for(const char *name) {
     return bsearch(&key, k_hooks_by_name, N_HOOKS, sizeof(key), cmp_by_name);
 }
 
-void *vgpu_hook_for_name(const char *name) {
-    struct hook_entry *h = hook_entry_for(name);
-    return h != NULL ? h->hook : NULL;
-}
-
 /*
  * Called by the exported dlsym for every lookup. Returns our hook when `name` is one we hook and the caller's
  * lookup would have reached the real driver (or ourselves); NULL means "let glibc answer", which the stub

@@ -215,7 +215,6 @@ void vgpu_ctx_atfork_child(void);
 void vgpu_intercept_init(void);
 void vgpu_intercept_atfork_child(void);
 /* dlsym answer for a name: our hook when `name` is hooked and the lookup would reach the real driver. */
-void *vgpu_hook_for_name(const char *name);
 /* Maps a real driver entry point returned by cuGetProcAddress to our hook (or returns it unchanged). */
 void *vgpu_procaddr_map(const char *symbol, void *real_pfn, int cuda_version, cuuint64_t flags);
 
