@@ -63,6 +63,8 @@ from sim.local.kube_scheduler_fit import (
     name_of,
     needs_scheduling,
     node_usage,
+    object_meta,
+    object_spec,
     occupies_node,
     pod_requests,
     select_host,
@@ -75,16 +77,6 @@ log = get_logger("kube-scheduler")
 
 #: How long a pod bound by us is counted on its node before the watch shows it there.
 ASSUME_TTL = 30.0
-
-
-def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
-    md = obj.get("metadata")
-    return md if isinstance(md, Mapping) else {}
-
-
-def _spec(obj: Mapping[str, Any]) -> Mapping[str, Any]:
-    spec = obj.get("spec")
-    return spec if isinstance(spec, Mapping) else {}
 
 
 # --- the scheduler -----------------------------------------------------------------------------------------
@@ -143,9 +135,9 @@ class KubeSchedulerStandIn:
         if event == "DELETED" or not needs_scheduling(pod, self.names):
             self._forget(key)
             if event == "DELETED":
-                self.outcomes.forget_pod(str(_meta(pod).get("uid") or ""))
+                self.outcomes.forget_pod(str(object_meta(pod).get("uid") or ""))
             # A pod leaving its node frees room for the pods that wait.
-            if _spec(pod).get("nodeName") and (
+            if object_spec(pod).get("nodeName") and (
                 event == "DELETED" or self._phase(pod) in ("Succeeded", "Failed")
             ):
                 self._cluster_changed()
@@ -307,7 +299,7 @@ class KubeSchedulerStandIn:
         assumed.setdefault("spec", {})["nodeName"] = host
         self._assumed[key] = (assumed, time.monotonic())
         self._attempts.pop(key, None)
-        md = _meta(pod)
+        md = object_meta(pod)
         log.info("pod_scheduled", pod=key, node=host, feasible=len(feasible), nodes=len(nodes))
         await self.outcomes.record(
             pod,

@@ -21,18 +21,9 @@ from typing import Any
 import aiohttp
 
 from sim.local.kube_scheduler_config import ExtenderConfig, TLSConfig
-from sim.local.kube_scheduler_fit import name_of, requests_any
+from sim.local.kube_scheduler_fit import list_or_empty, name_of, object_meta, requests_any
 
 Obj = dict[str, Any]
-
-
-def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
-    md = obj.get("metadata")
-    return md if isinstance(md, Mapping) else {}
-
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
 
 
 class ExtenderError(Exception):
@@ -144,10 +135,10 @@ class Extender:
             raise ExtenderError(str(result["error"]))
         names: list[str] = []
         if self.config.node_cache_capable and result.get("nodenames") is not None:
-            names = [str(n) for n in _list(result.get("nodenames"))]
+            names = [str(n) for n in list_or_empty(result.get("nodenames"))]
         elif isinstance(result.get("nodes"), Mapping):
             items = _lower_keys(result["nodes"]).get("items")
-            names = [name_of(n) for n in _list(items) if isinstance(n, Mapping)]
+            names = [name_of(n) for n in list_or_empty(items) if isinstance(n, Mapping)]
         known = {name_of(n) for n in nodes}
         for name in names:
             if name not in known:
@@ -175,7 +166,7 @@ class Extender:
         return scores
 
     async def bind(self, pod: Obj, node: str) -> None:
-        md = _meta(pod)
+        md = object_meta(pod)
         body = {
             "PodName": md.get("name"),
             "PodNamespace": md.get("namespace"),

@@ -37,22 +37,22 @@ TAINT_UNREACHABLE = "node.kubernetes.io/unreachable"
 Quantities = dict[str, Fraction]
 
 
-def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+def object_meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
     md = obj.get("metadata")
     return md if isinstance(md, Mapping) else {}
 
 
-def _spec(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+def object_spec(obj: Mapping[str, Any]) -> Mapping[str, Any]:
     spec = obj.get("spec")
     return spec if isinstance(spec, Mapping) else {}
 
 
-def _list(value: Any) -> list[Any]:
+def list_or_empty(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
 def name_of(obj: Mapping[str, Any]) -> str:
-    return str(_meta(obj).get("name") or "")
+    return str(object_meta(obj).get("name") or "")
 
 
 def _parse_map(values: Any) -> Quantities:
@@ -91,14 +91,14 @@ def _max(a: Quantities, b: Mapping[str, Fraction]) -> Quantities:
 
 def pod_requests(pod: Mapping[str, Any]) -> Quantities:
     """What the pod needs on a node: max(app containers + sidecars, any init step) + overhead."""
-    spec = _spec(pod)
+    spec = object_spec(pod)
     app: Quantities = {}
-    for container in _list(spec.get("containers")):
+    for container in list_or_empty(spec.get("containers")):
         if isinstance(container, Mapping):
             app = _add(app, container_requests(container))
     sidecars: Quantities = {}
     init_peak: Quantities = {}
-    for container in _list(spec.get("initContainers")):
+    for container in list_or_empty(spec.get("initContainers")):
         if not isinstance(container, Mapping):
             continue
         request = container_requests(container)
@@ -114,8 +114,8 @@ def pod_requests(pod: Mapping[str, Any]) -> Quantities:
 def requests_any(pod: Mapping[str, Any], names: Iterable[str]) -> bool:
     """Whether a container or init container requests or limits one of ``names`` (kube-scheduler's check)."""
     wanted = set(names)
-    spec = _spec(pod)
-    for container in _list(spec.get("containers")) + _list(spec.get("initContainers")):
+    spec = object_spec(pod)
+    for container in list_or_empty(spec.get("containers")) + list_or_empty(spec.get("initContainers")):
         resources = container.get("resources") if isinstance(container, Mapping) else None
         if not isinstance(resources, Mapping):
             continue
@@ -128,13 +128,13 @@ def requests_any(pod: Mapping[str, Any], names: Iterable[str]) -> bool:
 
 def needs_scheduling(pod: Mapping[str, Any], scheduler_names: Iterable[str]) -> bool:
     """Pending, unassigned, not being deleted, no scheduling gates, and one of our profiles'."""
-    spec = _spec(pod)
+    spec = object_spec(pod)
     status = pod.get("status")
     phase = status.get("phase") if isinstance(status, Mapping) else None
     return (
         spec.get("schedulerName", DEFAULT_SCHEDULER) in set(scheduler_names)
         and not spec.get("nodeName")
-        and not _meta(pod).get("deletionTimestamp")
+        and not object_meta(pod).get("deletionTimestamp")
         and phase not in ("Succeeded", "Failed")
         and not spec.get("schedulingGates")
     )
@@ -143,7 +143,7 @@ def needs_scheduling(pod: Mapping[str, Any], scheduler_names: Iterable[str]) -> 
 def occupies_node(pod: Mapping[str, Any]) -> str:
     status = pod.get("status")
     phase = status.get("phase") if isinstance(status, Mapping) else None
-    node = _spec(pod).get("nodeName")
+    node = object_spec(pod).get("nodeName")
     return str(node) if node and phase not in ("Succeeded", "Failed") else ""
 
 
@@ -186,7 +186,7 @@ def allocatable(node: Mapping[str, Any]) -> Quantities:
 
 def _ready_status(node: Mapping[str, Any]) -> str:
     status = node.get("status")
-    for condition in _list(status.get("conditions") if isinstance(status, Mapping) else None):
+    for condition in list_or_empty(status.get("conditions") if isinstance(status, Mapping) else None):
         if isinstance(condition, Mapping) and condition.get("type") == "Ready":
             return str(condition.get("status") or "Unknown")
     return "Unknown"
@@ -197,7 +197,7 @@ def node_taints(node: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     for a node that is not Ready (kube-local has no such controller)."""
     taints = [
         t
-        for t in _list(_spec(node).get("taints"))
+        for t in list_or_empty(object_spec(node).get("taints"))
         if isinstance(t, Mapping) and t.get("effect") in ("NoSchedule", "NoExecute")
     ]
     ready = _ready_status(node)
@@ -226,7 +226,7 @@ def tolerates(toleration: Mapping[str, Any], taint: Mapping[str, Any]) -> bool:
 
 def _requirement_matches(expr: Mapping[str, Any], value: str | None) -> bool:
     operator = expr.get("operator")
-    values = [str(v) for v in _list(expr.get("values"))]
+    values = [str(v) for v in list_or_empty(expr.get("values"))]
     if operator == "In":
         return value is not None and value in values
     if operator == "NotIn":
@@ -247,10 +247,10 @@ def _requirement_matches(expr: Mapping[str, Any], value: str | None) -> bool:
 def _term_matches(term: Any, node: Mapping[str, Any]) -> bool:
     if not isinstance(term, Mapping):
         return False
-    labels = _meta(node).get("labels")
+    labels = object_meta(node).get("labels")
     labels = labels if isinstance(labels, Mapping) else {}
-    expressions = [e for e in _list(term.get("matchExpressions")) if isinstance(e, Mapping)]
-    fields = [e for e in _list(term.get("matchFields")) if isinstance(e, Mapping)]
+    expressions = [e for e in list_or_empty(term.get("matchExpressions")) if isinstance(e, Mapping)]
+    fields = [e for e in list_or_empty(term.get("matchFields")) if isinstance(e, Mapping)]
     if not expressions and not fields:
         return False  # an empty term matches nothing
     for expr in expressions:
@@ -266,8 +266,8 @@ def _term_matches(term: Any, node: Mapping[str, Any]) -> bool:
 
 def matches_node_selector(pod: Mapping[str, Any], node: Mapping[str, Any]) -> bool:
     """``spec.nodeSelector`` and required node affinity (In/NotIn/Exists/DoesNotExist/Gt/Lt, matchFields)."""
-    spec = _spec(pod)
-    labels = _meta(node).get("labels")
+    spec = object_spec(pod)
+    labels = object_meta(node).get("labels")
     labels = labels if isinstance(labels, Mapping) else {}
     selector = spec.get("nodeSelector")
     if isinstance(selector, Mapping) and any(labels.get(k) != v for k, v in selector.items()):
@@ -280,7 +280,7 @@ def matches_node_selector(pod: Mapping[str, Any], node: Mapping[str, Any]) -> bo
         else None
     )
     if isinstance(required, Mapping):
-        return any(_term_matches(term, node) for term in _list(required.get("nodeSelectorTerms")))
+        return any(_term_matches(term, node) for term in list_or_empty(required.get("nodeSelectorTerms")))
     return True
 
 
@@ -292,8 +292,8 @@ def node_fit_reasons(
     requests: Mapping[str, Fraction] | None = None,
 ) -> list[str]:
     """Why ``pod`` cannot go to ``node`` (empty: it can), in kube-scheduler's filter order and words."""
-    tolerations = [t for t in _list(_spec(pod).get("tolerations")) if isinstance(t, Mapping)]
-    if _spec(node).get("unschedulable"):
+    tolerations = [t for t in list_or_empty(object_spec(pod).get("tolerations")) if isinstance(t, Mapping)]
+    if object_spec(node).get("unschedulable"):
         cordon = {"key": TAINT_UNSCHEDULABLE, "effect": "NoSchedule"}
         if not any(tolerates(t, cordon) for t in tolerations):
             return [REASON_UNSCHEDULABLE]

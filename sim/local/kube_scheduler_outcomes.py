@@ -20,24 +20,11 @@ from kubernetes.client.exceptions import ApiException
 from services.common.log import get_logger
 from services.common.reflector import object_key
 from sim.local.kube_scheduler_config import DEFAULT_SCHEDULER
+from sim.local.kube_scheduler_fit import list_or_empty, object_meta, object_spec
 
 Obj = dict[str, Any]
 
 log = get_logger("kube-scheduler")
-
-
-def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
-    md = obj.get("metadata")
-    return md if isinstance(md, Mapping) else {}
-
-
-def _spec(obj: Mapping[str, Any]) -> Mapping[str, Any]:
-    spec = obj.get("spec")
-    return spec if isinstance(spec, Mapping) else {}
-
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
 
 
 def _now() -> str:
@@ -86,7 +73,7 @@ class OutcomeWriter:
 
     async def bind(self, pod: Obj, host: str) -> None:
         """Creates the pod's ``pods/binding`` to ``host`` (when no extender binds)."""
-        md = _meta(pod)
+        md = object_meta(pod)
         body: Any = {
             "apiVersion": "v1",
             "kind": "Binding",
@@ -106,7 +93,7 @@ class OutcomeWriter:
         status = pod.get("status")
         conditions = [
             c
-            for c in _list(status.get("conditions") if isinstance(status, Mapping) else None)
+            for c in list_or_empty(status.get("conditions") if isinstance(status, Mapping) else None)
             if isinstance(c, Mapping)
         ]
         current = next((c for c in conditions if c.get("type") == "PodScheduled"), None)
@@ -127,7 +114,7 @@ class OutcomeWriter:
         body = {
             "status": {"conditions": [*(c for c in conditions if c.get("type") != "PodScheduled"), condition]}
         }
-        md = _meta(pod)
+        md = object_meta(pod)
         try:
             await asyncio.to_thread(
                 lambda: _read(
@@ -146,9 +133,9 @@ class OutcomeWriter:
 
     async def record(self, pod: Obj, event_type: str, reason: str, message: str, action: str) -> None:
         """Creates an Event on the pod; the same reason and message again bumps its count instead."""
-        md = _meta(pod)
+        md = object_meta(pod)
         namespace, name, uid = str(md.get("namespace")), str(md.get("name")), str(md.get("uid") or "")
-        component = str(_spec(pod).get("schedulerName") or DEFAULT_SCHEDULER)
+        component = str(object_spec(pod).get("schedulerName") or DEFAULT_SCHEDULER)
         now = _now()
         previous = self._events.get((uid, reason))
         if previous is not None and previous.message == message:
