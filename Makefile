@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all venv protos protos-check build lint test test-fast pytest run bench clean constraints
+.PHONY: all venv protos protos-check build controlplane lint test test-fast pytest run bench clean constraints
 
 all: build
 
@@ -27,6 +27,12 @@ protos-check: $(STAMP)
 build: $(STAMP) protos-check
 	@if [ -f libvgpu/Makefile ]; then $(MAKE) -C libvgpu; fi
 
+# The upstream control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler) built from
+# Kubernetes' own Go modules pinned in sim/controlplane/go.mod, into a cache keyed by go.mod+go.sum and the
+# Go version: the first build takes a while (see README), later ones are free.
+controlplane:
+	$(PYTHON) sim/controlplane/build.py >/dev/null
+
 lint: $(STAMP)
 	$(BIN)/ruff check services sim tests scripts bench
 	$(BIN)/ruff format --check services sim tests scripts bench
@@ -34,7 +40,7 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 	cd $(CURDIR) && PATH=$(CURDIR)/$(BIN):$$PATH buf lint
 
-pytest: build
+pytest: build controlplane
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test: build lint pytest

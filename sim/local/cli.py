@@ -22,7 +22,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from services.common.config import ConfigError, KubeAccess
+from services.common.config import ConfigError
 from services.common.entrypoint import wait_for_shutdown
 from services.common.inventory import INVENTORY_COLUMNS, format_table, inventory_rows
 from services.common.kube import list_raw, new_api_client
@@ -30,7 +30,7 @@ from services.common.log import LogConfig, configure_logging, get_logger
 from sim.local import kube_scheduler, kubelet
 from sim.local.cluster import LocalCluster, load_cluster, node_object
 from sim.local.demo import DemoError, load_demo_pods, monitor_summary, run_demo
-from sim.local.suite import Suite, SuiteError
+from sim.local.suite import CONTROL_PLANES, Suite, SuiteError
 
 SYSTEM_NAMESPACE = "kube-vgpu-system"
 log = get_logger("kube-vgpu-local")
@@ -57,15 +57,24 @@ def register_cluster(api: client.ApiClient, cluster: LocalCluster) -> None:
         log.info("node_registered", node=node.name, gpus=len(node.gpus))
 
 
-def cluster_summary(api: client.ApiClient, url: str) -> str:
+def cluster_summary(api: client.ApiClient, suite: Suite) -> str:
     nodes = list_raw(client.CoreV1Api(api).list_node)
     rows = inventory_rows(nodes)
     gpus = sum(1 for r in rows if r["gpu"] not in ("-", "?"))
     vgpus = sum(int(r.get("vgpus", "0")) for r in {r["node"]: r for r in rows}.values())
+    if suite.kubeconfig is not None:
+        where = (
+            f"kube-vgpu local mode: the upstream control plane at {suite.url}\n"
+            f"  export KUBECONFIG={suite.kubeconfig}   # kubectl get pods -o wide, describe, apply -f ...\n"
+        )
+        inventory = f"vgpuctl --kubeconfig {suite.kubeconfig} inventory"
+    else:
+        where = f"kube-vgpu local mode: kube-local at {suite.url}\n"
+        inventory = f"vgpuctl --server {suite.url} inventory"
     header = (
-        f"kube-vgpu local mode: kube-local at {url}\n"
+        f"{where}"
         f"{len(nodes)} nodes, {gpus} GPUs, {vgpus} schedulable vGPU slots (nvidia.com/gpu)\n"
-        f"  vgpuctl --server {url} inventory   # the same inventory, from another terminal\n"
+        f"  {inventory}   # the same inventory, from another terminal\n"
     )
     return header + format_table(rows, INVENTORY_COLUMNS)
 
@@ -88,19 +97,26 @@ def up(args: argparse.Namespace) -> int:
         print(f"kube-vgpu-local: {exc}", file=sys.stderr)
         return 2
     run_dir = Path(args.run_dir or tempfile.mkdtemp(prefix="kube-vgpu-local-"))
-    suite = Suite(run_dir=run_dir, host=args.host, kube_local_port=args.port, state_dir=args.state_dir)
+    suite = Suite(
+        run_dir=run_dir,
+        host=args.host,
+        kube_local_port=args.port,
+        state_dir=args.state_dir,
+        control_plane=args.control_plane,
+    )
     try:
-        url = suite.start_kube_local()
-        with new_api_client(KubeAccess(server=url)) as api:
+        admin = suite.start_api()
+        with new_api_client(admin) as api:
             register_cluster(api, cluster)
-            print(cluster_summary(api, url), flush=True)
+            print(cluster_summary(api, suite), flush=True)
             if not args.api_only:
                 suite.start_control_plane()
                 suite.start_nodes(Path(args.cluster).resolve(), [n.name for n in cluster.nodes if n.gpus])
+                kube_scheduler_kind = "kube-scheduler" if suite.real else "kube-scheduler stand-in"
                 print(
                     f"\nsuite up (logs in {run_dir / 'logs'}): webhook, scheduler extender on "
-                    f"127.0.0.1:{suite.extender_port}, kube-scheduler stand-in; per GPU node a device plugin,"
-                    f" a kubelet stand-in and a monitor\n"
+                    f"127.0.0.1:{suite.extender_port} (metrics {suite.scheduler_metrics}), "
+                    f"{kube_scheduler_kind}; per GPU node a device plugin, a kubelet stand-in and a monitor\n"
                     f"  vgpuctl --scheduler {suite.scheduler_grpc} nodes",
                     flush=True,
                 )
@@ -108,7 +124,11 @@ def up(args: argparse.Namespace) -> int:
                     print(f"  {node}: {metrics}   vgpuctl --monitor {monitor} top", flush=True)
             if demo_pods:
                 table, running = run_demo(
-                    api, demo_pods, timeout=args.demo_timeout, expect_running=not args.api_only
+                    api,
+                    demo_pods,
+                    timeout=args.demo_timeout,
+                    expect_running=not args.api_only,
+                    allocation_record=suite.allocation_record,
                 )
                 print("\n" + table, flush=True)
                 if suite.monitors:
@@ -149,6 +169,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_up.add_argument("--demo", metavar="FILE", help="pods to submit once the suite is up (YAML, multi-doc)")
     p_up.add_argument("--demo-timeout", type=float, default=60.0, help="seconds to wait for the demo pods")
     p_up.add_argument("--run-dir", help="where configs, certificates and logs go (default: a new temp dir)")
+    p_up.add_argument(
+        "--control-plane",
+        choices=CONTROL_PLANES,
+        default="kube-local",
+        help="kube-local (starts in seconds) or real: upstream etcd, kube-apiserver, kube-controller-manager "
+        "and kube-scheduler built from Kubernetes' Go modules (`make controlplane`; --port and --state-dir "
+        "apply to kube-local only)",
+    )
     p_ks = sub.add_parser(
         "kube-scheduler",
         help="run the kube-scheduler stand-in: profiles and extenders of a KubeSchedulerConfiguration",

@@ -25,11 +25,22 @@ from typing import Any
 import yaml
 
 from services.common.certs import issue_serving_certificate
+from services.common.config import KubeAccess
 from services.common.log import get_logger
 
 log = get_logger("kube-vgpu-local")
 BIN = Path(sys.executable).parent
 REPO_DEPLOY_LOCAL = Path("deploy/local")
+REPO_DEPLOY_BASE = Path("deploy/kustomize/base")
+CONTROL_PLANES = ("kube-local", "real")
+# The deploy's ServiceAccounts: each process runs with exactly the rights the deploy grants its pod.
+SCHEDULER_SA, WEBHOOK_SA, NODE_AGENT_SA = (
+    "kube-vgpu-scheduler",
+    "kube-vgpu-webhook",
+    "kube-vgpu-device-plugin",
+)
+# The name the deploy's KubeSchedulerConfiguration expects on the extender's serving certificate.
+EXTENDER_SERVER_NAME = "kube-vgpu-scheduler"
 
 
 class SuiteError(RuntimeError):
@@ -124,6 +135,14 @@ class Suite:
     scheduler_grpc: str = ""
     # node -> (metrics URL, MonitorService address)
     monitors: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # "kube-local" (our stand-in, starts in seconds) or "real" (upstream etcd, kube-apiserver,
+    # kube-controller-manager and kube-scheduler built from Kubernetes' Go modules).
+    control_plane: str = "kube-local"
+    real: Any = None  # sim.controlplane.launcher.RealControlPlane in real mode
+    install_namespace: str = "kube-system"
+    admin: KubeAccess = field(default_factory=KubeAccess)
+    kubeconfig: Path | None = None  # admin kubeconfig of the real control plane, for kubectl
+    scheduler_metrics: str = ""
 
     def _process(self, name: str, argv: list[str]) -> ManagedProcess:
         process = ManagedProcess(name, argv, self.run_dir / "logs" / f"{name}.log")
@@ -135,6 +154,46 @@ class Suite:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(data, sort_keys=False))
         return path
+
+    def start_api(self) -> KubeAccess:
+        """Start the API server of the chosen control plane; the admin access every setup step uses."""
+        if self.control_plane not in CONTROL_PLANES:
+            raise SuiteError(
+                f"unknown control plane {self.control_plane!r}: one of {', '.join(CONTROL_PLANES)}"
+            )
+        if self.control_plane == "real":
+            return self.start_real_control_plane()
+        self.start_kube_local()
+        self.admin = KubeAccess(server=self.url)
+        return self.admin
+
+    def start_real_control_plane(self) -> KubeAccess:
+        """etcd, kube-apiserver (Node,RBAC) and kube-controller-manager, with the deploy's RBAC applied."""
+        from sim.controlplane.launcher import ControlPlaneError, RealControlPlane
+
+        self.real = RealControlPlane(self.run_dir, host=self.host)
+        try:
+            self.real.start()
+            self.install_namespace = self.real.apply_deploy_rbac()
+        except ControlPlaneError as exc:
+            raise SuiteError(str(exc)) from exc
+        self.url = self.real.url
+        self.kubeconfig = self.real.admin_kubeconfig
+        self.admin = self.real.admin_access()
+        return self.admin
+
+    def service_kube(self, service_account: str) -> dict[str, str]:
+        """The `kube` config block of a service: kube-local's URL, or a token of its deploy ServiceAccount."""
+        if self.real is None:
+            return {"server": self.url}
+        path = self.real.service_kubeconfig(service_account, self.install_namespace)
+        return {"kubeconfig": str(path)}
+
+    def node_kube_args(self, node: str) -> list[str]:
+        """How a kubelet stand-in reaches the API: kube-local's URL, or the node's own client certificate."""
+        if self.real is None:
+            return ["--server", self.url]
+        return ["--kubeconfig", str(self.real.node_kubeconfig(node))]
 
     def start_kube_local(self) -> str:
         port = self.kube_local_port or free_port(self.host)
@@ -151,9 +210,11 @@ class Suite:
     def start_control_plane(self, device_config: Path | None = None) -> None:
         """Webhook (HTTPS) + scheduler extender + kube-scheduler stand-in, and the webhook registration."""
         tls_dir = self.run_dir / "tls"
-        ca, cert, key = issue_serving_certificate([self.host, "localhost"]).write(tls_dir)
-        kube = {"server": self.url}
+        ca, cert, key = issue_serving_certificate([self.host, "localhost", EXTENDER_SERVER_NAME]).write(
+            tls_dir
+        )
         logs = {"format": "json"}
+        real = self.real is not None
         webhook_port = free_port(self.host)
         webhook_cfg = self._write_config(
             "webhook.yaml",
@@ -162,7 +223,7 @@ class Suite:
                 "cert_file": str(cert),
                 "key_file": str(key),
                 "device_config_file": str(device_config) if device_config else None,
-                "kube": kube,
+                "kube": self.service_kube(WEBHOOK_SA),
                 "log": logs,
             },
         )
@@ -174,18 +235,26 @@ class Suite:
 
         self.extender_port = free_port(self.host)
         self.scheduler_grpc = f"{self.host}:{free_port(self.host)}"
-        scheduler_cfg = self._write_config(
-            "scheduler.yaml",
-            {
-                "http_bind": f"{self.host}:{self.extender_port}",
-                "grpc_bind": self.scheduler_grpc,
-                "metrics_bind_address": f"{self.host}:{free_port(self.host)}",
-                "device_config_file": str(device_config) if device_config else None,
-                "health_interval_seconds": 2,
-                "kube": kube,
-                "log": logs,
-            },
-        )
+        self.scheduler_metrics = f"http://{self.host}:{free_port(self.host)}/metrics"
+        scheduler_settings: dict[str, Any] = {
+            "http_bind": f"{self.host}:{self.extender_port}",
+            "grpc_bind": self.scheduler_grpc,
+            "metrics_bind_address": self.scheduler_metrics.removeprefix("http://").removesuffix("/metrics"),
+            "device_config_file": str(device_config) if device_config else None,
+            "health_interval_seconds": 2,
+            "kube": self.service_kube(SCHEDULER_SA),
+            "log": logs,
+        }
+        if real:
+            # As the deploy runs it: HTTPS for kube-scheduler, leadership following its Lease.
+            scheduler_settings |= {
+                "cert_file": str(cert),
+                "key_file": str(key),
+                "leader_elect": True,
+                "lease_name": "hami-scheduler",
+                "lease_namespace": self.install_namespace,
+            }
+        scheduler_cfg = self._write_config("scheduler.yaml", scheduler_settings)
         scheduler = self._process(
             "scheduler",
             [*console_script("kube-vgpu-scheduler", "services.scheduler"), "--config", str(scheduler_cfg)],
@@ -195,12 +264,18 @@ class Suite:
         wait_until(
             "webhook", lambda: http_ok(f"https://{self.host}:{webhook_port}/readyz", ca_file=ca), webhook
         )
+        scheme = "https" if real else "http"
         wait_until(
             "scheduler extender",
-            lambda: http_ok(f"http://{self.host}:{self.extender_port}/readyz"),
+            lambda: http_ok(
+                f"{scheme}://{self.host}:{self.extender_port}/readyz", ca_file=ca if real else None
+            ),
             scheduler,
         )
         self._register_webhook(f"https://{self.host}:{webhook_port}/webhook", ca.read_bytes())
+        if real:
+            self._start_real_kube_scheduler(ca)
+            return
 
         standin_cfg = yaml.safe_load((REPO_DEPLOY_LOCAL / "kube-scheduler.yaml").read_text())
         for extender in standin_cfg.get("extenders") or []:
@@ -233,8 +308,7 @@ class Suite:
                     str(node_dir),
                     "--node-name",
                     node,
-                    "--server",
-                    self.url,
+                    *self.node_kube_args(node),
                 ],
             )
             kubelet.start()
@@ -254,8 +328,7 @@ class Suite:
                     str(node_dir / "vgpulock"),
                     "--grpc-bind",
                     f"{self.host}:0",
-                    "--set",
-                    f"kube.server={self.url}",
+                    *self._kube_flags(NODE_AGENT_SA),
                     "--set",
                     "log.format=json",
                 ],
@@ -276,8 +349,7 @@ class Suite:
                     f"{self.host}:{grpc_port}",
                     "--host-gpus",
                     "none",
-                    "--set",
-                    f"kube.server={self.url}",
+                    *self._kube_flags(NODE_AGENT_SA),
                     "--set",
                     "log.format=json",
                 ],
@@ -288,55 +360,62 @@ class Suite:
             sock = self.run_dir / "nodes" / node / "kubelet.sock"
             wait_until(f"kubelet stand-in of {node}", sock.exists, self._by_name(f"kubelet-{node}"))
 
+    def allocation_record(self, node: str, namespace: str, name: str) -> str | None:
+        """What the node's kubelet stand-in recorded Allocate handed the pod's containers (its
+        allocations/ file; on a real API server NodeRestriction keeps the stand-in from annotating pods)."""
+        path = self.run_dir / "nodes" / node / "allocations" / f"{namespace}_{name}.json"
+        try:
+            return path.read_text()
+        except OSError:
+            return None
+
+    def _kube_flags(self, service_account: str) -> list[str]:
+        return [
+            arg
+            for key, value in self.service_kube(service_account).items()
+            for arg in ("--set", f"kube.{key}={value}")
+        ]
+
+    def _start_real_kube_scheduler(self, ca: Path) -> None:
+        """The upstream kube-scheduler with the KubeSchedulerConfiguration the deploy ships, pointed at our
+        extender (HTTPS, our CA), leading on the install namespace's Lease as the deploy's sidecar does."""
+        config = yaml.safe_load((REPO_DEPLOY_BASE / "config" / "kube-scheduler.yaml").read_text())
+        config["leaderElection"]["resourceNamespace"] = self.install_namespace
+        for extender in config.get("extenders") or []:
+            extender["urlPrefix"] = f"https://{self.host}:{self.extender_port}"
+            extender.setdefault("tlsConfig", {})["caFile"] = str(ca)
+        self.real.start_scheduler(config, SCHEDULER_SA, self.install_namespace)
+
     def _by_name(self, name: str) -> ManagedProcess:
         return next(p for p in self.processes if p.name == name)
 
     def _register_webhook(self, url: str, ca_pem: bytes) -> None:
-        """HAMi's registration (docs/hami-wire.md#webhook): pods CREATE, Ignore on failure, `hami.io/webhook
-        NotIn [ignore]`."""
+        """The deploy's MutatingWebhookConfiguration (docs/hami-wire.md#webhook), pointed at our process by
+        URL instead of the in-cluster Service, with our CA as its caBundle."""
         from kubernetes import client
 
-        from services.common.config import KubeAccess
         from services.common.kube import new_api_client
 
-        selector = {
-            "matchExpressions": [{"key": "hami.io/webhook", "operator": "NotIn", "values": ["ignore"]}]
-        }
-        body: Any = {
-            "apiVersion": "admissionregistration.k8s.io/v1",
-            "kind": "MutatingWebhookConfiguration",
-            "metadata": {"name": "kube-vgpu-webhook"},
-            "webhooks": [
-                {
-                    "name": "vgpu.hami.io",
-                    "clientConfig": {"url": url, "caBundle": base64.b64encode(ca_pem).decode()},
-                    "rules": [
-                        {
-                            "operations": ["CREATE"],
-                            "apiGroups": [""],
-                            "apiVersions": ["v1"],
-                            "resources": ["pods"],
-                        }
-                    ],
-                    "admissionReviewVersions": ["v1beta1"],
-                    "sideEffects": "None",
-                    "failurePolicy": "Ignore",
-                    "timeoutSeconds": 10,
-                    "namespaceSelector": selector,
-                    "objectSelector": selector,
-                }
-            ],
-        }
-        with new_api_client(KubeAccess(server=self.url)) as api:
+        body: Any = yaml.safe_load((REPO_DEPLOY_BASE / "webhook" / "mutatingwebhook.yaml").read_text())
+        for webhook in body["webhooks"]:
+            webhook["clientConfig"] = {"url": url, "caBundle": base64.b64encode(ca_pem).decode()}
+        with new_api_client(self.admin) as api:
             admission = client.AdmissionregistrationV1Api(api)
             try:
-                admission.delete_mutating_webhook_configuration("kube-vgpu-webhook")
+                admission.delete_mutating_webhook_configuration(body["metadata"]["name"])
             except client.exceptions.ApiException as exc:
                 if exc.status != 404:
                     raise
             admission.create_mutating_webhook_configuration(body)
 
     def check_alive(self) -> None:
+        if self.real is not None:
+            from sim.controlplane.launcher import ControlPlaneError
+
+            try:
+                self.real.check_alive()
+            except ControlPlaneError as exc:
+                raise SuiteError(str(exc)) from exc
         for process in self.processes:
             if not process.alive():
                 code = process.proc.returncode if process.proc else None
@@ -347,3 +426,5 @@ class Suite:
     def stop(self) -> None:
         for process in reversed(self.processes):
             process.stop()
+        if self.real is not None:
+            self.real.stop()

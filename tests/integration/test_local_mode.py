@@ -1,17 +1,25 @@
-"""`kube-vgpu-local up` as a user runs it: a real kube-local process, nodes registered over HTTP."""
+"""`kube-vgpu-local up` as a user runs it: a real kube-local process, nodes registered over HTTP; the whole
+path also on the upstream control plane (`--control-plane real`), with kubectl against what it prints."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 from services.common import wire
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+# deploy/local/cluster.yaml: the memory of each GPU node's cards.
+CARD_MIB = {"gpu-node-a": 15360, "gpu-node-b": 81920, "gpu-node-c": 81559}
 
 
 def _run(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -89,13 +97,15 @@ def test_vgpuctl_exit_codes() -> None:
     assert wire.NODE_NVIDIA_REGISTER == "hami.io/node-nvidia-register"
 
 
-def test_make_run_demo_takes_pods_through_the_whole_path(tmp_path: Path) -> None:
-    """kube-local -> webhook -> kube-scheduler stand-in -> extender -> device plugin Allocate -> Running."""
+@pytest.mark.parametrize("control_plane", ["kube-local", "real"])
+def test_make_run_demo_takes_pods_through_the_whole_path(tmp_path: Path, control_plane: str) -> None:
+    """API server -> webhook -> kube-scheduler -> extender -> device plugin Allocate -> Running, on kube-local
+    with the kube-scheduler stand-in and on the upstream kube-apiserver and kube-scheduler."""
     result = _run(
         str(BIN / "kube-vgpu-local"), "up", "--once", "--port", "0", "--run-dir", str(tmp_path / "run"),
-        "--cluster", str(REPO / "deploy/local/cluster.yaml"),
+        "--cluster", str(REPO / "deploy/local/cluster.yaml"), "--control-plane", control_plane,
         "--demo", str(REPO / "deploy/local/demo-pods.yaml"), "--demo-timeout", "90",
-        timeout=180,
+        timeout=240,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     rows = {line.split()[0]: line for line in result.stdout.splitlines() if line.split()[:1]}
@@ -105,17 +115,99 @@ def test_make_run_demo_takes_pods_through_the_whole_path(tmp_path: Path) -> None
         "Running" in rows["with-sidecar"]
         and "model: MEMORY_LIMIT_0=6000m SM_LIMIT=20" in rows["with-sidecar"]
     )
-    assert "Running" in rows["infer-pct"] and "MEMORY_LIMIT_0=3840m" in rows["infer-pct"]
+    # 25% of whichever card it got: kube-local's stand-in scores by the extender alone and picks a T4,
+    # the real kube-scheduler adds its own plugins' scores and may pick another node.
+    infer = rows["infer-pct"].split()
+    assert infer[1] == "Running", rows["infer-pct"]
+    assert f"MEMORY_LIMIT_0={CARD_MIB[infer[2]] * 25 // 100}m" in rows["infer-pct"]
     assert "Pending" in rows["wants-v100"] and "CardTypeMismatch" in rows["wants-v100"]
     assert "Rejected" in rows["too-big"] and "largest registered GPU has 81920 MiB" in rows["too-big"]
     # Each node's monitor serves the limit series of its running containers before any CUDA call.
-    assert "gpu-node-a: 3 series (infer-pct/server, train-small/trainer, with-sidecar/model)" in result.stdout
-    assert "gpu-node-b: 2 series (two-gpus/worker)" in result.stdout
+    series = {
+        match.group(1): set(match.group(2).split(", ")) - {"none"}
+        for match in re.finditer(r"^\s*(gpu-node-\w+): \d+ series \(([^)]*)\)", result.stdout, re.M)
+    }
+    expected = {
+        "infer-pct": "server",
+        "train-small": "trainer",
+        "with-sidecar": "model",
+        "two-gpus": "worker",
+    }
+    for pod, container in expected.items():
+        node = rows[pod].split()[2]
+        assert f"{pod}/{container}" in series.get(node, set()), (pod, node, series)
+    assert sum(len(v) for v in series.values()) == len(expected), series
     logs = tmp_path / "run" / "logs"
-    assert {p.name for p in logs.iterdir()} >= {
-        "kube-local.log",
+    api_logs = {"kube-local.log"} if control_plane == "kube-local" else {"kube-apiserver.log", "etcd.log"}
+    assert {p.name for p in logs.iterdir()} >= api_logs | {
         "webhook.log",
         "scheduler.log",
         "device-plugin-gpu-node-a.log",
         "monitor-gpu-node-a.log",
     }
+
+
+def test_real_control_plane_prints_a_kubeconfig_that_kubectl_uses(tmp_path: Path) -> None:
+    """`up --control-plane real` keeps running and prints a kubeconfig; kubectl needs no other flag."""
+    proc = subprocess.Popen(
+        [
+            str(BIN / "kube-vgpu-local"), "up", "--control-plane", "real", "--run-dir", str(tmp_path / "run"),
+            "--cluster", str(REPO / "deploy/local/cluster.yaml"),
+        ],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "Ctrl-C stops it" in line:
+                break
+        out = "".join(lines)
+        assert "local mode is up" in out, out[-3000:]
+        match = re.search(r"export KUBECONFIG=(\S+)", out)
+        assert match, out
+        env = {**os.environ, "KUBECONFIG": match.group(1)}
+
+        def kubectl(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                ["kubectl", *args],
+                env=env,
+                input=stdin,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+
+        nodes = kubectl("get", "nodes")
+        assert nodes.returncode == 0, nodes.stderr
+        assert "gpu-node-a" in nodes.stdout and "STATUS" in nodes.stdout.splitlines()[0]
+        pod = (REPO / "deploy/local/demo-pods.yaml").read_text().split("\n---")[0]
+        applied = kubectl("apply", "-f", "-", stdin=pod)
+        assert applied.returncode == 0, applied.stderr
+        name = re.search(r"pod/(\S+)", applied.stdout)
+        assert name, applied.stdout
+        for _ in range(120):
+            wide = kubectl("get", "pods", "-o", "wide")
+            if "Running" in wide.stdout:
+                break
+            time.sleep(0.5)
+        assert wide.returncode == 0, wide.stderr
+        header = wide.stdout.splitlines()[0].split()
+        assert header[:3] == ["NAME", "READY", "STATUS"] and "NODE" in header
+        row = next(line.split() for line in wide.stdout.splitlines()[1:] if line.startswith(name.group(1)))
+        assert row[2] == "Running" and row[header.index("NODE")].startswith("gpu-node-"), wide.stdout
+        described = kubectl("describe", "pod", name.group(1))
+        assert described.returncode == 0 and "hami.io/vgpu-devices-allocated" in described.stdout
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
