@@ -185,8 +185,8 @@ for _rt in ALL_RESOURCES:
     RESOURCES.setdefault((_rt.group, _rt.version), {})[_rt.plural] = _rt
 BY_KEY: dict[str, ResourceType] = {rt.key: rt for rt in ALL_RESOURCES}
 
-#: Namespaces that exist from the start and cannot be deleted.
-SYSTEM_NAMESPACES = ("default", "kube-system")
+#: Namespaces that exist from the start and cannot be deleted (the four kube-apiserver creates).
+SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 
 # Fields whose absent value renders as "false" (booleans) in field selectors.
 _BOOLEAN_FIELDS = frozenset({"spec.unschedulable", "spec.hostNetwork"})

@@ -50,6 +50,7 @@ from services.common.kube import KubeAccessError, new_api_client
 from services.common.log import LogConfig, configure_logging, get_logger
 from services.common.reflector import Reflector
 from services.common.resources import quantity_as_int64
+from sim.local.node_heartbeat import NodeHeartbeat
 
 log = get_logger("kubelet-standin")
 
@@ -653,6 +654,7 @@ async def _serve(args: argparse.Namespace, access: KubeAccess) -> int:
     with contextlib.suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGHUP, restarts.put_nowait, None)
     await kubelet.start()
+    heartbeat = asyncio.create_task(NodeHeartbeat(api, args.node_name).run(stop), name="node-heartbeat")
     try:
         while not stop.is_set():
             waiter = asyncio.create_task(stop.wait())
@@ -663,6 +665,8 @@ async def _serve(args: argparse.Namespace, access: KubeAccess) -> int:
             if restart in done:
                 await kubelet.restart()
     finally:
+        stop.set()
+        await heartbeat
         await kubelet.stop()
         api.close()  # type: ignore[no-untyped-call]
     return 0

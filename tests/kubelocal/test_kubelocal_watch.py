@@ -206,7 +206,10 @@ def test_slow_watcher_is_closed_without_blocking_writers():
     assert slow.closed == "overflow"
     assert other.closed is None  # filtered out every event, never backed up
     assert store.watcher_count == 1
-    assert store.resource_version == "12"  # 2 system namespaces + 10 pods: no write was refused
+    from sim.kubelocal.resources import SYSTEM_NAMESPACES
+
+    # One resourceVersion per system namespace, then one per pod: no write was refused.
+    assert store.resource_version == str(len(SYSTEM_NAMESPACES) + 10)
 
 
 def test_unwatched_stream_is_released_when_client_disconnects(kube_local, core):
