@@ -44,6 +44,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import aiohttp
+import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -73,6 +74,9 @@ from sim.local.kube_scheduler_outcomes import OutcomeWriter, api_error_text
 
 Obj = dict[str, Any]
 
+# An API server that is down or restarting: the attempt is retried with the pod's backoff, as
+# kube-scheduler requeues a pod whose binding or status write failed; the loop itself never dies.
+API_OUTAGE_ERRORS: tuple[type[BaseException], ...] = (ApiException, OSError, urllib3.exceptions.HTTPError)
 log = get_logger("kube-scheduler")
 
 #: How long a pod bound by us is counted on its node before the watch shows it there.
@@ -228,6 +232,8 @@ class KubeSchedulerStandIn:
                 self._in_flight = key
                 try:
                     await self.schedule_one(key)
+                except API_OUTAGE_ERRORS as exc:
+                    self._retry_later(key, exc)
                 finally:
                     self._in_flight = None
                 continue
@@ -330,8 +336,8 @@ class KubeSchedulerStandIn:
         log.debug("scores", pod=object_key(pod), totals=totals)
         return select_host(totals)
 
-    async def _failed(self, pod: Obj, message: str, reason: str) -> None:
-        key = object_key(pod)
+    def _back_off(self, key: str) -> float:
+        """Park `key` for its next backoff (initial doubling up to the maximum); the delay in seconds."""
         attempts = self._attempts.get(key, 0) + 1
         self._attempts[key] = attempts
         delay = min(
@@ -339,6 +345,18 @@ class KubeSchedulerStandIn:
             self.config.pod_initial_backoff_seconds * 2.0 ** (attempts - 1),
         )
         self._backoff[key] = time.monotonic() + delay
+        return delay
+
+    def _retry_later(self, key: str, exc: BaseException) -> None:
+        """The API server could not be reached mid-attempt: nothing to record there, try again later."""
+        delay = self._back_off(key)
+        log.warning(
+            "schedule_attempt_failed", pod=key, error=str(exc) or type(exc).__name__, retry_in_s=delay
+        )
+
+    async def _failed(self, pod: Obj, message: str, reason: str) -> None:
+        key = object_key(pod)
+        delay = self._back_off(key)
         log.info("pod_unschedulable", pod=key, reason=reason, message=message, retry_in_s=delay)
         await self.outcomes.record(pod, "Warning", "FailedScheduling", message, "Scheduling")
         await self.outcomes.set_unschedulable(pod, reason, message)

@@ -79,7 +79,8 @@ class NodeHeartbeat:
             body: Any = lease_body(self.node, self.lease_seconds, now)
             self.leases.create_namespaced_lease(NODE_LEASE_NAMESPACE, body, _preload_content=False)
         else:
-            body = lease_body(self.node, self.lease_seconds, now, current.metadata.resource_version)
+            version = current.metadata.resource_version if current.metadata is not None else None
+            body = lease_body(self.node, self.lease_seconds, now, version)
             self.leases.replace_namespaced_lease(
                 self.node, NODE_LEASE_NAMESPACE, body, _preload_content=False
             )

@@ -446,3 +446,28 @@ def test_process_rejects_a_bad_config_naming_the_key(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "extenders.0.httpTimeout" in result.stderr and "duration" in result.stderr
     assert "extenders.0.managedResource: unknown key" in result.stderr
+
+
+async def test_an_api_outage_mid_attempt_is_retried_and_the_loop_survives(core, extender, scheduler):
+    """A refused connection (urllib3's MaxRetryError, not an ApiException) while writing an attempt's
+    outcome used to escape the loop and leave every later pod unscheduled."""
+    import urllib3
+
+    add_node(core, "a")
+    prefix = await extender.start()
+    standin = scheduler(config(prefix))
+    outages: list[str] = []
+    record = standin.outcomes.record
+
+    async def record_during_outage(pod: Obj, *args: Any) -> None:
+        if not outages:
+            outages.append(pod["metadata"]["name"])
+            raise urllib3.exceptions.MaxRetryError(None, "/api/v1/namespaces/default/events", "refused")
+        await record(pod, *args)
+
+    standin.outcomes.record = record_during_outage  # type: ignore[method-assign]
+    core.create_namespaced_pod("default", pod("first", gpus=1))
+    assert await eventually(lambda: node_of(core, "first")) == "a"
+    assert outages == ["first"]
+    core.create_namespaced_pod("default", pod("second", gpus=1))
+    assert await eventually(lambda: node_of(core, "second")) == "a"
