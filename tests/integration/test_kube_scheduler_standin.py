@@ -467,7 +467,7 @@ async def test_an_api_outage_mid_attempt_is_retried_and_the_loop_survives(core, 
 
     standin.outcomes.record = record_during_outage  # type: ignore[method-assign]
     core.create_namespaced_pod("default", pod("first", gpus=1))
-    assert await eventually(lambda: node_of(core, "first")) == "a"
+    assert await eventually(lambda: node_of(core, "first"), timeout=60) == "a"
     assert outages == ["first"]
     core.create_namespaced_pod("default", pod("second", gpus=1))
-    assert await eventually(lambda: node_of(core, "second")) == "a"
+    assert await eventually(lambda: node_of(core, "second"), timeout=60) == "a"
