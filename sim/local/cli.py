@@ -79,11 +79,19 @@ def cluster_summary(api: client.ApiClient, suite: Suite) -> str:
     return header + format_table(rows, INVENTORY_COLUMNS)
 
 
-async def _serve_until_stopped(suite: Suite) -> None:
+async def _serve_until_stopped(suite: Suite, cluster: LocalCluster) -> None:
+    """Keep the suite up until Ctrl-C/SIGTERM, restarting any child that dies (with backoff)."""
     waiter = asyncio.create_task(wait_for_shutdown())
     try:
         while not waiter.done():
-            suite.check_alive()
+            restarted = await asyncio.to_thread(suite.supervise)
+            if "kube-local" in restarted:
+                with new_api_client(suite.admin) as api:
+                    register_cluster(api, cluster)
+            for name in restarted:
+                print(
+                    f"restarted {name} (it had exited; see {suite.run_dir / 'logs' / name}.log)", flush=True
+                )
             await asyncio.sleep(0.5)
     finally:
         waiter.cancel()
@@ -135,7 +143,7 @@ def up(args: argparse.Namespace) -> int:
                     print("\n" + monitor_summary(suite.monitors, running, timeout=20.0), flush=True)
         if not args.once:
             print("\nlocal mode is up; Ctrl-C stops it", flush=True)
-            asyncio.run(_serve_until_stopped(suite))
+            asyncio.run(_serve_until_stopped(suite, cluster))
         return 0
     except (SuiteError, DemoError, ApiException) as exc:
         print(f"kube-vgpu-local: {exc}", file=sys.stderr)

@@ -43,8 +43,30 @@ SCHEDULER_SA, WEBHOOK_SA, NODE_AGENT_SA = (
 EXTENDER_SERVER_NAME = "kube-vgpu-scheduler"
 
 
+# A dead child is restarted the way kubelet restarts a crashed container: after a delay that doubles with
+# each crash in a row (1 s, 2 s, 4 s ... capped), reset once the child has stayed up for a while.
+RESTART_INITIAL_SECONDS = 1.0
+RESTART_MAX_SECONDS = 30.0
+RESTART_RESET_AFTER_SECONDS = 60.0
+
+
 class SuiteError(RuntimeError):
     pass
+
+
+def restart_delay(crashes_in_a_row: int) -> float:
+    """Seconds to wait before restarting a child that has now crashed `crashes_in_a_row` times (>= 1)."""
+    return min(RESTART_MAX_SECONDS, RESTART_INITIAL_SECONDS * 2.0 ** max(0, crashes_in_a_row - 1))
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """Whether `port` on `host` can be bound now (a port another server holds cannot)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -64,8 +86,18 @@ class ManagedProcess:
     argv: list[str]
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] | None = None
+    restarts: int = 0
+    crashes_in_a_row: int = 0
+    started_at: float = 0.0
+    restart_due: float | None = None  # monotonic time of the pending restart of a dead child
 
     def start(self, env: dict[str, str] | None = None) -> None:
+        if env is not None:
+            self.env = env
+        env = self.env
+        self.started_at = time.monotonic()
+        self.restart_due = None
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log_file:
             self.proc = subprocess.Popen(
@@ -79,6 +111,32 @@ class ManagedProcess:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def supervise(self, now: float) -> bool:
+        """Called periodically: a dead child gets a restart scheduled with backoff, and is restarted once
+        it is due. True when it was restarted on this call."""
+        if self.proc is None or self.alive():
+            if self.alive() and now - self.started_at >= RESTART_RESET_AFTER_SECONDS:
+                self.crashes_in_a_row = 0
+            return False
+        if self.restart_due is None:
+            self.crashes_in_a_row += 1
+            delay = restart_delay(self.crashes_in_a_row)
+            self.restart_due = now + delay
+            log.warning(
+                "process_exited",
+                process=self.name,
+                status=self.proc.returncode,
+                restart_in_s=delay,
+                last_lines=self.tail(5),
+            )
+            return False
+        if now < self.restart_due:
+            return False
+        self.restarts += 1
+        self.start()
+        log.info("process_restarted", process=self.name, restarts=self.restarts, pid=self.proc.pid)
+        return True
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -98,8 +156,10 @@ class ManagedProcess:
 
 
 def wait_until(
-    what: str, check: Callable[[], bool], process: ManagedProcess | None = None, timeout: float = 30.0
+    what: str, check: Callable[[], bool], process: ManagedProcess | None = None, timeout: float = 90.0
 ) -> None:
+    """Poll `check` until true; a dead `process` fails at once. The timeout only guards a hang: a loaded
+    2-core machine starting a dozen Python processes at once needs well over 30 s for the last of them."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and not process.alive():
@@ -142,6 +202,7 @@ class Suite:
     install_namespace: str = "kube-system"
     admin: KubeAccess = field(default_factory=KubeAccess)
     kubeconfig: Path | None = None  # admin kubeconfig of the real control plane, for kubectl
+    webhook_registration: tuple[str, bytes] | None = None  # (URL, CA bundle) once the webhook is up
     scheduler_metrics: str = ""
 
     def _process(self, name: str, argv: list[str]) -> ManagedProcess:
@@ -197,6 +258,13 @@ class Suite:
 
     def start_kube_local(self) -> str:
         port = self.kube_local_port or free_port(self.host)
+        if not port_is_free(self.host, port):
+            # Probing a port someone else serves would pass readiness against their server, and the suite
+            # would then register nodes and webhooks there: refuse before anything is written.
+            raise SuiteError(
+                f"port {port} on {self.host} is already in use by another process; stop it, or pick another "
+                "port with --port (0 picks a free one)"
+            )
         argv = [*console_script("kube-local", "sim.kubelocal"), "--host", self.host, "--port", str(port)]
         if self.state_dir:
             Path(self.state_dir).mkdir(parents=True, exist_ok=True)
@@ -272,7 +340,8 @@ class Suite:
             ),
             scheduler,
         )
-        self._register_webhook(f"https://{self.host}:{webhook_port}/webhook", ca.read_bytes())
+        self.webhook_registration = (f"https://{self.host}:{webhook_port}/webhook", ca.read_bytes())
+        self._register_webhook(*self.webhook_registration)
         if real:
             self._start_real_kube_scheduler(ca)
             return
@@ -422,6 +491,27 @@ class Suite:
                 raise SuiteError(
                     f"{process.name} exited with status {code}; last log lines:\n{process.tail()}"
                 )
+
+    def supervise(self) -> list[str]:
+        """Restart dead children with backoff (the upstream control plane is not ours to restart: its
+        death is an error). A restarted kube-local without --state-dir has lost the webhook registration,
+        which is written again here; the caller re-registers what else it owns (the nodes). Returns the
+        names of the children restarted on this call."""
+        if self.real is not None:
+            from sim.controlplane.launcher import ControlPlaneError
+
+            try:
+                self.real.check_alive()
+            except ControlPlaneError as exc:
+                raise SuiteError(str(exc)) from exc
+        now = time.monotonic()
+        restarted = [process.name for process in self.processes if process.supervise(now)]
+        if "kube-local" in restarted:
+            kube_local = self._by_name("kube-local")
+            wait_until("kube-local", lambda: http_ok(f"{self.url}/readyz"), kube_local)
+            if self.webhook_registration is not None:
+                self._register_webhook(*self.webhook_registration)
+        return restarted
 
     def stop(self) -> None:
         for process in reversed(self.processes):

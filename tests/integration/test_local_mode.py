@@ -211,3 +211,76 @@ def test_real_control_plane_prints_a_kubeconfig_that_kubectl_uses(tmp_path: Path
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def test_up_refuses_a_port_another_api_server_serves(kube_local_url: str, tmp_path: Path) -> None:
+    """Issue 17's repro: with a foreign kube-local on the port, `up` used to pass readiness against it,
+    register nodes there and rewrite its webhook configuration. Now it stops first and writes nothing."""
+    from kubernetes import client
+
+    from services.common.config import KubeAccess
+    from services.common.kube import new_api_client
+
+    port = kube_local_url.rsplit(":", 1)[1]
+    result = _run(
+        str(BIN / "kube-vgpu-local"), "up", "--once", "--api-only", "--port", port,
+        "--run-dir", str(tmp_path / "run"), "--cluster", str(REPO / "deploy/local/cluster.yaml"),
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert f"port {port} on 127.0.0.1 is already in use by another process" in result.stderr
+    with new_api_client(KubeAccess(server=kube_local_url)) as api:
+        assert client.CoreV1Api(api).list_node().items == []
+
+
+def test_a_killed_child_is_restarted_and_serves_again(tmp_path: Path) -> None:
+    """Issue 17's repro: kill -9 the extender of a running suite; the supervisor restarts it with backoff
+    (it used to stop all processes and exit 1) and the extender answers again."""
+    import urllib.request
+
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [
+            str(BIN / "kube-vgpu-local"), "up", "--port", "0", "--run-dir", str(run_dir),
+            "--cluster", str(REPO / "deploy/local/cluster.yaml"),
+        ],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    try:
+        out = ""
+        while "Ctrl-C stops it" not in out:
+            line = proc.stdout.readline()
+            assert line, out[-3000:]
+            out += line
+        extender = re.search(r"scheduler extender on (127\.0\.0\.1:\d+)", out)
+        assert extender, out
+        config = str(run_dir / "config" / "scheduler.yaml")
+        pids = subprocess.run(
+            ["pgrep", "-f", config], capture_output=True, text=True, check=False
+        ).stdout.split()
+        assert len(pids) == 1, pids
+        os.kill(int(pids[0]), signal.SIGKILL)
+        restarted = proc.stdout.readline()
+        while not restarted.startswith("restarted "):  # the line the supervisor prints, not its JSON log
+            assert restarted, "the suite exited instead of restarting the extender"
+            restarted = proc.stdout.readline()
+        assert restarted.startswith("restarted scheduler")
+        assert proc.poll() is None
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://{extender.group(1)}/readyz", timeout=2) as resp:
+                    assert resp.status == 200
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "the restarted extender never became ready"
+                time.sleep(0.2)
+        new_pids = subprocess.run(["pgrep", "-f", config], capture_output=True, text=True, check=False)
+        assert new_pids.stdout.split() not in ([], pids)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
