@@ -1,5 +1,8 @@
-"""The scheduler extender against a real kube-local: filter, prioritize, bind with the node lock, rollback,
-phantom-usage scenarios, metrics, and a clean stop."""
+"""The scheduler extender against an API server, kube-local and the upstream kube-apiserver from the same
+test bodies (the `api_server` fixture): filter, prioritize, bind with the node lock, rollback, phantom-usage
+scenarios, metrics, and a clean stop. The extender runs with the deploy's kube-vgpu-scheduler
+ServiceAccount (on the real server exactly the rights deploy/ grants it); set-up and assertions are the
+admin's."""
 
 from __future__ import annotations
 
@@ -18,16 +21,17 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from services.common.codecs import encode_node_devices
 from services.common.config import KubeAccess
-from services.common.kube import new_api_client
 from services.common.model import DeviceInfo
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.extender_api import BindArgs
 from services.scheduler.runtime import SchedulerRuntime
 from tests.support import poll_until
+from tests.support.apiservers import ApiServer
 
 NS = "default"
 MERGE = "application/merge-patch+json"
 LOCK = "hami.io/mutex.lock"
+SERVICE_ACCOUNT = "kube-vgpu-scheduler"
 
 
 def gpus(node: str, count: int, mem: int = 16000, split: int = 10) -> list[DeviceInfo]:
@@ -84,12 +88,17 @@ def pod_body(
 
 
 class Cluster:
-    """kube-local plus official-client helpers used by the tests."""
+    """The API server under test plus the admin's official-client helpers used by the tests."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.api = new_api_client(KubeAccess(server=url))
+    def __init__(self, server: ApiServer) -> None:
+        self.server = server
+        self.api = server.api_client()
         self.core = client.CoreV1Api(self.api)
+
+    @property
+    def scheduler_access(self) -> KubeAccess:
+        """What the extender under test runs with: the deploy's ServiceAccount on the real server."""
+        return self.server.service_access(SERVICE_ACCOUNT)
 
     def raw(self, call: Any, *args: Any, **kwargs: Any) -> Any:
         return json.loads(call(*args, _preload_content=False, **kwargs).data)
@@ -145,8 +154,8 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster(kube_local_url: str) -> Iterator[Cluster]:
-    c = Cluster(kube_local_url)
+def cluster(api_server: ApiServer) -> Iterator[Cluster]:
+    c = Cluster(api_server)
     c.add_node("node-a", gpus("node-a", 2))
     c.add_node("node-b", gpus("node-b", 1))
     try:
@@ -155,12 +164,12 @@ def cluster(kube_local_url: str) -> Iterator[Cluster]:
         c.api.close()
 
 
-def scheduler_config(url: str, **overrides: Any) -> SchedulerConfig:
+def scheduler_config(access: KubeAccess, **overrides: Any) -> SchedulerConfig:
     values: dict[str, Any] = {
         "http_bind": "127.0.0.1:0",
         "metrics_bind_address": "127.0.0.1:0",
         "grpc_bind": "127.0.0.1:0",
-        "kube": {"server": url},
+        "kube": access.model_dump(exclude_none=True),
         "bind_lock_wait_seconds": 60,
         "resync_seconds": 0,
         **overrides,
@@ -215,8 +224,8 @@ class Extender:
         return samples
 
 
-async def start_extender(url: str, session: aiohttp.ClientSession, **overrides: Any) -> Extender:
-    runtime = SchedulerRuntime(scheduler_config(url, **overrides))
+async def start_extender(cluster: Cluster, session: aiohttp.ClientSession, **overrides: Any) -> Extender:
+    runtime = SchedulerRuntime(scheduler_config(cluster.scheduler_access, **overrides))
     await runtime.start()
     await poll_until(runtime.ready, what="caches synced")
     return Extender(runtime, session)
@@ -225,7 +234,7 @@ async def start_extender(url: str, session: aiohttp.ClientSession, **overrides: 
 @pytest.fixture
 async def extender(cluster: Cluster) -> AsyncIterator[Extender]:
     async with aiohttp.ClientSession() as session:
-        ext = await start_extender(cluster.url, session)
+        ext = await start_extender(cluster, session)
         await poll_until(lambda: len(ext.runtime.cache.node_names()) == 2, what="nodes cached")
         try:
             yield ext
@@ -290,7 +299,7 @@ async def test_filter_edge_cases(cluster: Cluster, extender: Extender) -> None:
 
 async def test_hami_filter_mode_returns_the_single_best_node(cluster: Cluster) -> None:
     async with aiohttp.ClientSession() as session:
-        ext = await start_extender(cluster.url, session, filter_mode="hami", node_scheduler_policy="spread")
+        ext = await start_extender(cluster, session, filter_mode="hami", node_scheduler_policy="spread")
         try:
             await poll_until(lambda: len(ext.runtime.cache.node_names()) == 2)
             busy = cluster.add_pod(pod_body("busy", 8000, 50))
@@ -411,10 +420,32 @@ async def test_stale_and_dangling_locks_are_taken_over(cluster: Cluster, extende
         cluster.release_lock("node-b")
 
 
+async def test_a_live_pods_lock_expires_after_the_ttl_and_is_taken_over(cluster: Cluster) -> None:
+    """A lock whose owner still waits for Allocate (a device plugin that never came) holds the node only
+    for node_lock_ttl_seconds; then the next bind takes it over, leaving the owner's own binding alone."""
+    holder = cluster.add_pod(pod_body("holder", 1000))
+    async with aiohttp.ClientSession() as session:
+        # Lock times are whole seconds: a 3 s TTL holds the node for at least 2 s after the holder's bind.
+        ext = await start_extender(cluster, session, node_lock_ttl_seconds=3)
+        try:
+            assert await ext.bind(holder, "node-a") == ""
+            pod = cluster.add_pod(pod_body("after-ttl", 1000))
+            waiting = asyncio.create_task(ext.bind(pod, "node-a"))
+            await asyncio.sleep(0.3)
+            assert not waiting.done(), "a live pod's fresh lock must hold the node"
+            assert (cluster.lock("node-a") or "").endswith(",default,holder")
+            assert await asyncio.wait_for(waiting, 30) == ""
+            assert (cluster.lock("node-a") or "").endswith(",default,after-ttl")
+            assert cluster.pod("after-ttl")["spec"]["nodeName"] == "node-a"
+            assert cluster.pod("holder")["spec"]["nodeName"] == "node-a"
+        finally:
+            await ext.runtime.stop()
+
+
 async def test_bind_times_out_on_a_held_lock_and_rolls_back(cluster: Cluster) -> None:
     holder = cluster.add_pod(pod_body("holder", 1000))
     async with aiohttp.ClientSession() as session:
-        ext = await start_extender(cluster.url, session, bind_lock_wait_seconds=0.2)
+        ext = await start_extender(cluster, session, bind_lock_wait_seconds=0.2)
         try:
             assert await ext.bind(holder, "node-a") == ""
             pod = cluster.add_pod(pod_body("late", 1000))
@@ -498,18 +529,21 @@ async def test_bind_of_a_pod_without_gpus_just_binds(cluster: Cluster, extender:
 
 
 async def test_only_the_leader_binds(cluster: Cluster) -> None:
+    # kube-scheduler's Lease lives in the install namespace, where the deploy lets the extender read it.
+    lease_namespace = cluster.server.install_namespace
     async with aiohttp.ClientSession() as session:
         ext = await start_extender(
-            cluster.url, session, leader_elect=True, identity="replica-1", lease_namespace=NS
+            cluster, session, leader_elect=True, identity="replica-1", lease_namespace=lease_namespace
         )
         try:
             pod = cluster.add_pod(pod_body("p", 1000))
             assert "not the leader" in await ext.bind(pod, "node-a")
             lease: Any = {
-                "metadata": {"name": "hami-scheduler", "namespace": NS},
+                "metadata": {"name": "hami-scheduler", "namespace": lease_namespace},
                 "spec": {"holderIdentity": "replica-1_abc", "leaseDurationSeconds": 60},
             }
-            client.CoordinationV1Api(cluster.api).create_namespaced_lease(NS, lease, _preload_content=False)
+            coordination = client.CoordinationV1Api(cluster.api)
+            coordination.create_namespaced_lease(lease_namespace, lease, _preload_content=False)
             await poll_until(ext.runtime.leader.is_leader, what="leadership")
             assert await ext.bind(pod, "node-a") == ""
         finally:
@@ -530,7 +564,8 @@ async def _bound_pod(cluster: Cluster, extender: Extender, name: str, node: str 
 async def test_deleted_pod_frees_usage(cluster: Cluster, extender: Extender) -> None:
     await _bound_pod(cluster, extender, "doomed")
     assert extender.usage("node-b") == {"GPU-node-b-0": (1, 4000, 20)}
-    cluster.core.delete_namespaced_pod("doomed", NS, _preload_content=False)
+    # No kubelet confirms the pod's shutdown on the real server: it is deleted at once, as a kubelet would.
+    cluster.core.delete_namespaced_pod("doomed", NS, grace_period_seconds=0, _preload_content=False)
     await poll_until(lambda: extender.usage("node-b") == {"GPU-node-b-0": (0, 0, 0)}, what="usage freed")
 
 
@@ -540,22 +575,26 @@ async def test_terminating_pod_keeps_usage_and_succeeded_frees_it(
     await _bound_pod(cluster, extender, "finishing")
     # A finalizer keeps the pod around while it terminates: its GPU is still in use.
     cluster.patch_pod("finishing", {"metadata": {"finalizers": ["example.com/hold"]}})
-    cluster.core.delete_namespaced_pod("finishing", NS, _preload_content=False)
-    await poll_until(lambda: bool(cluster.pod("finishing")["metadata"].get("deletionTimestamp")))
-    await poll_until(lambda: extender.runtime.cache.pods()[0].terminating, what="terminating seen")
-    assert extender.usage("node-b") == {"GPU-node-b-0": (1, 4000, 20)}
-    # Restarting the cache replays the same state (HAMi PR #2812: the terminating pod still counts).
-    async with aiohttp.ClientSession() as session:
-        restarted = await start_extender(cluster.url, session)
-        try:
-            await poll_until(lambda: restarted.runtime.cache.snapshot("node-b") is not None)
-            assert restarted.usage("node-b") == extender.usage("node-b")
-        finally:
-            await restarted.runtime.stop()
-    cluster.patch_pod_status("finishing", {"phase": "Succeeded"})
-    await poll_until(
-        lambda: extender.usage("node-b") == {"GPU-node-b-0": (0, 0, 0)}, what="freed on Succeeded"
-    )
+    try:
+        cluster.core.delete_namespaced_pod("finishing", NS, _preload_content=False)
+        await poll_until(lambda: bool(cluster.pod("finishing")["metadata"].get("deletionTimestamp")))
+        await poll_until(lambda: extender.runtime.cache.pods()[0].terminating, what="terminating seen")
+        assert extender.usage("node-b") == {"GPU-node-b-0": (1, 4000, 20)}
+        # Restarting the cache replays the same state (HAMi PR #2812: the terminating pod still counts).
+        async with aiohttp.ClientSession() as session:
+            restarted = await start_extender(cluster, session)
+            try:
+                await poll_until(lambda: restarted.runtime.cache.snapshot("node-b") is not None)
+                assert restarted.usage("node-b") == extender.usage("node-b")
+            finally:
+                await restarted.runtime.stop()
+        cluster.patch_pod_status("finishing", {"phase": "Succeeded"})
+        await poll_until(
+            lambda: extender.usage("node-b") == {"GPU-node-b-0": (0, 0, 0)}, what="freed on Succeeded"
+        )
+    finally:
+        # Else the finalizer keeps the pod for ever on the real server, which outlives the test.
+        cluster.patch_pod("finishing", {"metadata": {"finalizers": None}})
 
 
 async def test_restart_replays_the_same_usage(cluster: Cluster, extender: Extender) -> None:
@@ -566,7 +605,7 @@ async def test_restart_replays_the_same_usage(cluster: Cluster, extender: Extend
     await poll_until(lambda: sum(u[0] for u in extender.usage("node-a").values()) == 1)
     before = {n: extender.usage(n) for n in ("node-a", "node-b")}
     async with aiohttp.ClientSession() as session:
-        restarted = await start_extender(cluster.url, session)
+        restarted = await start_extender(cluster, session)
         try:
             await poll_until(lambda: len(restarted.runtime.cache.node_names()) == 2)
             assert {n: restarted.usage(n) for n in ("node-a", "node-b")} == before
@@ -644,7 +683,7 @@ async def test_stop_cancels_binds_under_way_and_releases_their_locks(
     cluster: Cluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with aiohttp.ClientSession() as session:
-        ext = await start_extender(cluster.url, session)
+        ext = await start_extender(cluster, session)
         binder = ext.runtime.binder
         assert binder is not None
         stuck = threading.Event()

@@ -1,5 +1,7 @@
-"""Leadership (docs/hami-wire.md#leader-election) against a real kube-local: two extender replicas follow
-kube-scheduler's Lease.
+"""Leadership (docs/hami-wire.md#leader-election) against kube-local and the upstream kube-apiserver: two
+extender replicas follow kube-scheduler's Lease. On the real server the replicas run as the deploy's
+scheduler ServiceAccount, so they reach the Lease (in the install namespace, where the deploy's Role
+covers it) and their own pods only with the rights the deploy grants.
 
 Only the replica whose identity prefixes the Lease holder (and whose Lease is still valid) binds; the other
 answers binds with "not the leader" and keeps filtering from its cache. Each replica labels its own pod
@@ -16,13 +18,12 @@ import aiohttp
 from kubernetes import client
 
 from services.common.codecs import encode_node_devices
-from services.common.config import KubeAccess
-from services.common.kube import new_api_client
 from services.common.model import DeviceInfo
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.leader import LeaderState
 from services.scheduler.runtime import SchedulerRuntime
 from tests.support import poll_until
+from tests.support.apiservers import ApiServer
 
 NS = "default"
 MERGE = "application/merge-patch+json"
@@ -42,8 +43,13 @@ def lease_spec(holder: str, renewed: datetime, duration: int = 60) -> dict[str, 
 
 
 class Cluster:
-    def __init__(self, url: str) -> None:
-        self.api = new_api_client(KubeAccess(server=url))
+    """Set-up and assertions as the cluster admin; the Lease writes stand in for kube-scheduler."""
+
+    def __init__(self, server: ApiServer) -> None:
+        # The extenders' own pods and kube-scheduler's Lease live in the install namespace (the deploy's
+        # Lease Role is namespaced there); the workload pods in `default`.
+        self.system = server.install_namespace
+        self.api = server.api_client()
         self.core = client.CoreV1Api(self.api)
         self.coordination = client.CoordinationV1Api(self.api)
 
@@ -64,21 +70,21 @@ class Cluster:
         }
         self.core.create_node(body)
 
-    def add_pod(self, name: str, gpu: bool = True) -> dict[str, Any]:
+    def add_pod(self, name: str, gpu: bool = True, namespace: str = NS) -> dict[str, Any]:
         limits = {"nvidia.com/gpu": "1", "nvidia.com/gpumem": "1000"} if gpu else {}
         body: Any = {
-            "metadata": {"name": name, "namespace": NS},
+            "metadata": {"name": name, "namespace": namespace},
             "spec": {"containers": [{"name": "c", "image": "img", "resources": {"limits": limits}}]},
         }
-        created: dict[str, Any] = self.raw(self.core.create_namespaced_pod, NS, body)
+        created: dict[str, Any] = self.raw(self.core.create_namespaced_pod, namespace, body)
         return created
 
-    def pod(self, name: str) -> dict[str, Any]:
-        found: dict[str, Any] = self.raw(self.core.read_namespaced_pod, name, NS)
+    def pod(self, name: str, namespace: str = NS) -> dict[str, Any]:
+        found: dict[str, Any] = self.raw(self.core.read_namespaced_pod, name, namespace)
         return found
 
     def role(self, pod: str) -> str | None:
-        value = (self.pod(pod)["metadata"].get("labels") or {}).get(ROLE)
+        value = (self.pod(pod, self.system)["metadata"].get("labels") or {}).get(ROLE)
         return value if isinstance(value, str) else None
 
     def node_annotations(self) -> dict[str, str]:
@@ -94,31 +100,33 @@ class Cluster:
         self.patch_node_annotations({LOCK: None})
 
     def set_lease(self, spec: dict[str, Any]) -> None:
-        body: Any = {"metadata": {"name": LEASE, "namespace": NS}, "spec": spec}
+        body: Any = {"metadata": {"name": LEASE, "namespace": self.system}, "spec": spec}
         try:
-            self.coordination.create_namespaced_lease(NS, body, _preload_content=False)
+            self.coordination.create_namespaced_lease(self.system, body, _preload_content=False)
         except client.ApiException as exc:
             if exc.status != 409:
                 raise
             patch: Any = {"spec": spec}
             self.coordination.patch_namespaced_lease(
-                LEASE, NS, patch, _content_type=MERGE, _preload_content=False
+                LEASE, self.system, patch, _content_type=MERGE, _preload_content=False
             )
 
 
-def config(url: str, identity: str) -> SchedulerConfig:
+def config(server: ApiServer, identity: str) -> SchedulerConfig:
+    """A replica as the deploy runs it: the scheduler ServiceAccount, kube-scheduler's Lease and its own
+    pod in the install namespace."""
     return SchedulerConfig.model_validate(
         {
             "http_bind": "127.0.0.1:0",
             "metrics_bind_address": "127.0.0.1:0",
             "grpc_bind": "127.0.0.1:0",
-            "kube": {"server": url},
+            "kube": server.service_access("kube-vgpu-scheduler"),
             "leader_elect": True,
             "identity": identity,
             "lease_name": LEASE,
-            "lease_namespace": NS,
+            "lease_namespace": server.install_namespace,
             "pod_name": identity,
-            "pod_namespace": NS,
+            "pod_namespace": server.install_namespace,
             # The periodic pass must not write handshakes during the test: only a gained leadership does.
             "health_interval_seconds": 3600,
             "bind_lock_wait_seconds": 30,
@@ -170,14 +178,14 @@ class Replica:
         return monitor.gains if monitor is not None else 0
 
 
-async def test_only_the_lease_holder_binds_and_labels_follow(kube_local_url: str) -> None:
-    cluster = Cluster(kube_local_url)
+async def test_only_the_lease_holder_binds_and_labels_follow(api_server: ApiServer) -> None:
+    cluster = Cluster(api_server)
     cluster.add_node()
     for name in ("sched-a", "sched-b"):
-        cluster.add_pod(name, gpu=False)  # the extenders' own pods
+        cluster.add_pod(name, gpu=False, namespace=cluster.system)  # the extenders' own pods
     async with aiohttp.ClientSession() as session:
-        a = Replica(SchedulerRuntime(config(kube_local_url, "sched-a")), session)
-        b = Replica(SchedulerRuntime(config(kube_local_url, "sched-b")), session)
+        a = Replica(SchedulerRuntime(config(api_server, "sched-a")), session)
+        b = Replica(SchedulerRuntime(config(api_server, "sched-b")), session)
         try:
             for replica in (a, b):
                 await replica.runtime.start()
@@ -239,8 +247,8 @@ async def test_only_the_lease_holder_binds_and_labels_follow(kube_local_url: str
             cluster.api.close()
 
 
-async def test_role_label_skipped_without_pod_name(kube_local_url: str) -> None:
-    cfg = config(kube_local_url, "sched-x").model_copy(update={"pod_name": "", "leader_elect": False})
+async def test_role_label_skipped_without_pod_name(api_server: ApiServer) -> None:
+    cfg = config(api_server, "sched-x").model_copy(update={"pod_name": "", "leader_elect": False})
     runtime = SchedulerRuntime(cfg)
     await runtime.start()
     try:

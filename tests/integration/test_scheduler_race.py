@@ -1,9 +1,11 @@
 """Two extender instances (two caches, one API server) binding many pods at once onto a few nodes: the node
 lock plus the bind-time re-fit must never over-commit a GPU (memory, cores or task slots).
 
-The issue's scale: 2 scheduler replicas, 200 pods bound concurrently onto 5 nodes through kube-local. The
-test releases each node lock right after the Binding, standing in for the device plugin's Allocate. Demand
-exceeds the cluster on every axis (memory, cores and slots), so every limit is reached and defended."""
+The issue's scale: 2 scheduler replicas, 200 pods bound concurrently onto 5 nodes, through kube-local and
+through the upstream kube-apiserver (where the replicas run with the deploy's ServiceAccount and RBAC, and
+etcd's optimistic concurrency arbitrates the node lock). The test releases each node lock right after the
+Binding, standing in for the device plugin's Allocate. Demand exceeds the cluster on every axis (memory,
+cores and slots), so every limit is reached and defended."""
 
 from __future__ import annotations
 
@@ -18,10 +20,10 @@ from kubernetes import client
 
 from services.common.codecs import decode_node_devices, decode_pod_single_device, encode_node_devices
 from services.common.config import KubeAccess
-from services.common.kube import new_api_client
 from services.common.model import DeviceInfo
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.runtime import SchedulerRuntime
+from tests.support.apiservers import ApiServer
 
 NS = "default"
 MERGE = "application/merge-patch+json"
@@ -55,13 +57,13 @@ def pod_body(name: str, mem: int, cores: int) -> dict[str, Any]:
     }
 
 
-def config(url: str) -> SchedulerConfig:
+def config(access: KubeAccess) -> SchedulerConfig:
     return SchedulerConfig.model_validate(
         {
             "http_bind": "127.0.0.1:0",
             "metrics_bind_address": "127.0.0.1:0",
             "grpc_bind": "127.0.0.1:0",
-            "kube": {"server": url},
+            "kube": access,
             # Generous: the outcome must not depend on how fast this machine is.
             "bind_lock_wait_seconds": 120,
             "emit_events": False,
@@ -70,8 +72,8 @@ def config(url: str) -> SchedulerConfig:
     )
 
 
-async def test_two_extenders_binding_concurrently_never_overcommit(kube_local_url: str) -> None:
-    api = new_api_client(KubeAccess(server=kube_local_url))
+async def test_two_extenders_binding_concurrently_never_overcommit(api_server: ApiServer) -> None:
+    api = api_server.api_client()
     core = client.CoreV1Api(api)
     for name in NODES:
         node: Any = node_body(name)
@@ -84,7 +86,9 @@ async def test_two_extenders_binding_concurrently_never_overcommit(kube_local_ur
         )
         pods.append(json.loads(core.create_namespaced_pod(NS, body, _preload_content=False).data))
 
-    runtimes = [SchedulerRuntime(config(kube_local_url)) for _ in range(2)]
+    # The replicas run as the deploy's scheduler ServiceAccount; set-up and the lock release are admin's.
+    extender_access = api_server.service_access("kube-vgpu-scheduler")
+    runtimes = [SchedulerRuntime(config(extender_access)) for _ in range(2)]
     for runtime in runtimes:
         await runtime.start()
 
