@@ -12,10 +12,11 @@ import json
 import os
 from collections.abc import Mapping, MutableMapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -39,6 +40,33 @@ def split_host_port(address: str) -> tuple[str, int]:
     if port > 65535:
         raise ValueError(f"port {port} of {address!r} is out of range")
     return host.removeprefix("[").removesuffix("]"), port
+
+
+def check_grpc_bind(address: str) -> str:
+    """A gRPC listen address: `host:port` (port 0 picks a free one) or `unix:PATH`."""
+    if address.startswith("unix:"):
+        if not address.removeprefix("unix:").strip("/"):
+            raise ValueError(f"{address!r} names no socket path (e.g. unix:/run/kube-vgpu/grpc.sock)")
+        return address
+    split_host_port(address)
+    return address
+
+
+def check_server_url(url: str) -> str:
+    """An API server URL: http(s)://host[:port], so a typo fails at start instead of retrying forever."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            f"{url!r} is not an http:// or https:// URL of an API server (e.g. https://10.0.0.1:6443)"
+        )
+    try:
+        parts.port  # noqa: B018 -- urlsplit checks the port's range only when it is read
+    except ValueError as exc:
+        raise ValueError(f"{url!r}: {exc}") from None
+    return url
+
+
+GrpcBindAddress = Annotated[str, AfterValidator(check_grpc_bind)]
 
 
 def apply_env_aliases(environ: MutableMapping[str, str], aliases: Mapping[str, str], env_prefix: str) -> None:
@@ -227,5 +255,11 @@ class KubeAccess(ConfigModel):
     server: str | None = Field(
         None, description="API server URL without auth (kube-local), e.g. http://127.0.0.1:8001"
     )
+
+    @field_validator("server")
+    @classmethod
+    def _server_is_a_url(cls, value: str | None) -> str | None:
+        return None if value is None else check_server_url(value)
+
     kubeconfig: str | None = Field(None, description="path of a kubeconfig file; default $KUBECONFIG")
     context: str | None = Field(None, description="kubeconfig context to use")

@@ -27,7 +27,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field
 
 from services.common import wire
-from services.common.config import ConfigError, ConfigModel, KubeAccess, validate_config
+from services.common.config import ConfigError, ConfigModel, GrpcBindAddress, KubeAccess, validate_config
 from services.common.device_config import NvidiaConfig
 from services.common.log import LogConfig, get_logger
 
@@ -64,7 +64,7 @@ class DevicePluginConfig(ConfigModel):
     node_name: str = Field(
         ..., min_length=1, description="the node this plugin serves (env NODE_NAME is honoured, as in HAMi)"
     )
-    grpc_bind: str = Field(
+    grpc_bind: GrpcBindAddress = Field(
         "127.0.0.1:9093",
         description="health/reflection gRPC address for probes (host:port or unix:PATH); the kubelet API "
         "is served on the plugin socket instead",

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from services.common.config import ConfigModel, KubeAccess, split_host_port
+from services.common.config import ConfigModel, GrpcBindAddress, KubeAccess, split_host_port
 from services.common.log import LogConfig
 
 ENV_PREFIX = "KUBE_VGPU_MONITOR_"
@@ -40,7 +40,7 @@ class MonitorConfig(ConfigModel):
         description="HAMi's monitor HOOK_PATH: container caches are read from <hook_path>/containers",
     )
     metrics_bind_address: str = Field(":9394", description="Prometheus /metrics address host:port")
-    grpc_bind: str = Field(
+    grpc_bind: GrpcBindAddress = Field(
         "127.0.0.1:9091", description="MonitorService gRPC address (host:port or unix:PATH)"
     )
     scan_interval_seconds: float = Field(

@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from services.common import wire
-from services.common.config import ConfigModel, KubeAccess, split_host_port
+from services.common.config import ConfigModel, GrpcBindAddress, KubeAccess, split_host_port
 from services.common.log import LogConfig
 from services.common.selectors import parse_label_selector
 from services.scheduler.policy import gpu_policy_tokens
@@ -32,7 +32,7 @@ class SchedulerConfig(ConfigModel):
     )
     cert_file: str | None = Field(None, description="TLS certificate for the extender; plain HTTP when unset")
     key_file: str | None = Field(None, description="TLS private key for the extender (with cert_file)")
-    grpc_bind: str = Field(
+    grpc_bind: GrpcBindAddress = Field(
         "127.0.0.1:9090", description="SchedulerService gRPC address (host:port or unix:PATH)"
     )
     metrics_bind_address: str = Field(":9395", description="Prometheus /metrics address host:port")
