@@ -74,7 +74,8 @@ def node_name(node: Mapping[str, Any]) -> str:
 def _load_object(body: bytes | str, what: str) -> Obj:
     try:
         document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        # RecursionError: nesting deeper than the decoder's stack allows, a malformed (or hostile) body.
         raise ExtenderRequestError(f"cannot decode {what}: {exc}") from None
     if not isinstance(document, dict):
         raise ExtenderRequestError(f"cannot decode {what}: want a JSON object, got {type(document).__name__}")

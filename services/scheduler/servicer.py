@@ -229,7 +229,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     async def Simulate(self, request: pb.SimulateRequest, context: Any) -> pb.SimulateResponse:
         try:
             pod = json.loads(request.pod_json)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"pod_json is not valid JSON: {exc}")
         if not isinstance(pod, dict) or not isinstance(pod.get("spec"), dict):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "pod_json must be a Pod object with a spec")

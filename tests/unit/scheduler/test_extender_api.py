@@ -136,3 +136,10 @@ def test_priority_list_and_bind_result_shapes() -> None:
     ]
     assert bind_result() == {"Error": ""}
     assert bind_result("no") == {"Error": "no"}
+
+
+def test_nesting_deeper_than_the_decoder_allows_is_a_request_error() -> None:
+    """Issue 17: such a body used to escape as RecursionError and answer 500."""
+    deep = "[" * 200_000 + "]" * 200_000
+    with pytest.raises(ExtenderRequestError, match="cannot decode"):
+        decode_extender_args(deep)

@@ -161,7 +161,11 @@ async def test_simulate_has_no_side_effects(stub: pb_grpc.SchedulerServiceStub) 
     assert only_big.node_name == "big"
 
 
-@pytest.mark.parametrize("body", [b"{not json", b"[]", b'{"metadata": {}}'])
+@pytest.mark.parametrize(
+    "body",
+    [b"{not json", b"[]", b'{"metadata": {}}', b"[" * 200_000 + b"]" * 200_000],
+    ids=["syntax", "list", "no-spec", "deep"],
+)
 async def test_simulate_rejects_bad_pods(stub: pb_grpc.SchedulerServiceStub, body: bytes) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.Simulate(pb.SimulateRequest(pod_json=body))
