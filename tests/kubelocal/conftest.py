@@ -1,17 +1,74 @@
-"""Fixtures: a kube-local per test, in a background thread, and official-client handles onto it."""
+"""Fixtures: the API server a conformance test talks to, and official-client handles onto it.
+
+A test that asserts Kubernetes API behaviour runs twice, on a fresh kube-local and on the upstream
+kube-apiserver (the session's `real_api_server` of tests/conftest.py, emptied after each test), so the two
+cannot drift apart unnoticed (`server_kind` is "kube-local" or "real"). A test that reaches kube-local
+itself (`kube_local`, `server_factory`: its options, admission chain, watcher table) or carries the
+`kube_local_only` mark runs on kube-local alone."""
 
 from __future__ import annotations
 
 import json
+import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from kubernetes import client
 
+from services.common.config import KubeAccess
+from services.common.kube import new_api_client
 from sim.kubelocal.server import KubeLocalThread
+from tests.kubelocal.real_access import admin_tls
+from tests.support.apiservers import ApiServer, reset_real
+
+SERVER_KINDS = ("kube-local", "real")
+# Fixtures that reach into kube-local itself: a test using one cannot run on the upstream server.
+KUBE_LOCAL_FIXTURES = frozenset({"kube_local", "server_factory"})
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "kube_local_only: asserts kube-local behaviour the upstream kube-apiserver does not share"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "server_kind" not in metafunc.fixturenames:
+        return
+    only_local = bool(KUBE_LOCAL_FIXTURES & set(metafunc.fixturenames)) or (
+        metafunc.definition.get_closest_marker("kube_local_only") is not None
+    )
+    kinds = ["kube-local"] if only_local else list(SERVER_KINDS)
+    metafunc.parametrize("server_kind", kinds, ids=kinds)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A `kube_local_only` mark on one parameter set (pytest.param(..., marks=...)) is only visible on the
+    collected item: drop that item's run on the real server."""
+    dropped = [
+        item
+        for item in items
+        if item.get_closest_marker("kube_local_only") is not None
+        and getattr(getattr(item, "callspec", None), "params", {}).get("server_kind") == "real"
+    ]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if item not in dropped]
+
+
+@dataclass
+class Served:
+    """The server under test: its URL, how the official client reaches it, and the TLS context (admin
+    client certificate, our CA) a raw request needs on the real server (None: kube-local, plain HTTP)."""
+
+    kind: str
+    url: str
+    access: KubeAccess
+    tls: ssl.SSLContext | None = None
 
 
 def make_client(url: str) -> client.ApiClient:
@@ -36,12 +93,18 @@ def pod_body(
 
 
 def raw_request(
-    url: str, method: str, path: str, body: bytes | None = None, content_type: str = "application/json"
+    url: str,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    content_type: str = "application/json",
+    tls: ssl.SSLContext | None = None,
 ) -> tuple[int, Any]:
-    """A plain urllib request; returns (status, decoded JSON body or text)."""
+    """A plain urllib request; returns (status, decoded JSON body or text). `tls` carries the real
+    server's admin credentials."""
     req = urllib.request.Request(url + path, data=body, method=method, headers={"Content-Type": content_type})
     try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
+        with urllib.request.urlopen(req, timeout=10, context=tls) as resp:
             status, data = resp.status, resp.read()
     except urllib.error.HTTPError as err:
         status, data = err.code, err.read()
@@ -73,13 +136,34 @@ def kube_local(server_factory: Callable[..., KubeLocalThread]) -> KubeLocalThrea
 
 
 @pytest.fixture
-def url(kube_local: KubeLocalThread) -> str:
-    return kube_local.url
+def server_kind() -> str:
+    """Parametrised by pytest_generate_tests above."""
+    return "kube-local"
 
 
 @pytest.fixture
-def api_client(url: str) -> Iterator[client.ApiClient]:
-    api = make_client(url)
+def served(server_kind: str, request: pytest.FixtureRequest) -> Iterator[Served]:
+    """This test's server: a fresh kube-local, or the session's upstream kube-apiserver, emptied of what
+    the test made (pods, nodes, leases, quotas, events, webhook configurations, namespaces) when it ends."""
+    if server_kind == "kube-local":
+        local: KubeLocalThread = request.getfixturevalue("kube_local")
+        yield Served("kube-local", local.url, KubeAccess(server=local.url))
+        return
+    real: ApiServer = request.getfixturevalue("real_api_server")
+    try:
+        yield Served("real", real.url, real.admin, admin_tls(real))
+    finally:
+        reset_real(real)
+
+
+@pytest.fixture
+def url(served: Served) -> str:
+    return served.url
+
+
+@pytest.fixture
+def api_client(served: Served) -> Iterator[client.ApiClient]:
+    api = new_api_client(served.access)
     yield api
     api.close()
 
@@ -101,24 +185,29 @@ def new_pod() -> Callable[..., client.V1Pod]:
 
 
 @pytest.fixture
-def raw(url: str) -> Callable[..., tuple[int, Any]]:
-    """``raw(method, path, body=None, content_type=...)`` against this test's kube-local."""
+def raw(served: Served) -> Callable[..., tuple[int, Any]]:
+    """``raw(method, path, body=None, content_type=...)`` against this test's server, as its admin."""
 
     def call(
         method: str, path: str, body: bytes | None = None, content_type: str = "application/json"
     ) -> Any:
-        return raw_request(url, method, path, body, content_type)
+        return raw_request(served.url, method, path, body, content_type, served.tls)
 
     return call
 
 
 @pytest.fixture
-def client_for() -> Iterator[Callable[[str], client.ApiClient]]:
-    """``client_for(url)``: an ApiClient for another kube-local, closed after the test."""
+def client_for(request: pytest.FixtureRequest) -> Iterator[Callable[[str], client.ApiClient]]:
+    """``client_for(url)``: another ApiClient for a kube-local or (https) the real server, closed after
+    the test."""
     made: list[client.ApiClient] = []
 
     def make(url: str) -> client.ApiClient:
-        api = make_client(url)
+        if url.startswith("https://"):
+            real: ApiServer = request.getfixturevalue("real_api_server")
+            api = new_api_client(real.admin)
+        else:
+            api = make_client(url)
         made.append(api)
         return api
 

@@ -50,6 +50,9 @@ def test_watch_from_zero_sends_current_state_then_live_events(core, new_pod):
     assert seen == [("ADDED", "a"), ("ADDED", "b"), ("ADDED", "c")]
 
 
+# kube-local only: the real apiserver deletes a pod gracefully (MODIFIED with deletionTimestamp first;
+# docs/kubelocal-differences.md).
+@pytest.mark.kube_local_only
 def test_resume_replays_exactly_the_missed_events_in_order(core, new_pod):
     start = core.list_namespaced_pod("default").metadata.resource_version
     core.create_namespaced_pod("default", new_pod("x"))
@@ -233,6 +236,8 @@ def test_unwatched_stream_is_released_when_client_disconnects(kube_local, core):
     assert kube_local.call(lambda: kube_local.server.store.watcher_count) == 0
 
 
+# kube-local only: the real apiserver waits for a future resourceVersion instead of failing at once.
+@pytest.mark.kube_local_only
 def test_resource_version_from_the_future_is_an_error(core):
     future = int(core.list_namespaced_pod("default").metadata.resource_version) + 100
     with pytest.raises(ApiException) as err:
