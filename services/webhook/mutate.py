@@ -13,6 +13,8 @@ Rules, in order (numbers are the spec's):
 2. No (app) containers -> denied ``pod has no containers``.
 3. A pod naming another scheduler is allowed unmodified (``pod already has different scheduler assigned``).
 4. Per init container, then per app container (NVIDIA ``MutateAdmission``):
+   (kube-vgpu) ``nvidia.com/gpu``, ``gpumem`` or ``gpucores`` not a whole number in range (negative,
+      fractional, absurd) -> denied, naming the container and the resource;
    a. ``gpumem-percentage`` not an integer in [0, 100] -> errored 500;
    b. ``nvidia.com/priority`` limit -> env ``CUDA_TASK_PRIORITY``;
    c. ``gpuCorePolicy`` other than ``default`` -> env ``GPU_CORE_UTILIZATION_POLICY`` (every container);
@@ -74,6 +76,7 @@ __all__ = [
     "admit_pod",
     "percentage_error",
     "privileged_message",
+    "quantity_error",
 ]
 
 ENV_TASK_PRIORITY: Final = "CUDA_TASK_PRIORITY"
@@ -161,6 +164,11 @@ def privileged_message(container: str) -> str:
 
 def percentage_error(resource: str, value: str, container: str) -> str:
     return f"invalid {resource} value {value} in container {container}: must be an integer between 0 and 100"
+
+
+def quantity_error(resource: str, value: str, container: str, high: int | None) -> str:
+    limit = f"between 0 and {high}" if high is not None else "of at least 0"
+    return f"invalid {resource} value {value} in container {container}: must be a whole number {limit}"
 
 
 # --- decoding: the fields the webhook reads must have the types a Go Pod decoder demands -----------------
@@ -288,6 +296,17 @@ def _int_value(raw: object) -> int | None:
     return quantity_as_int64(raw)
 
 
+def _whole_value(raw: object) -> int | None:
+    """The quantity as an integer when it is a whole number of any size, else None."""
+    if isinstance(raw, bool) or not isinstance(raw, str | int | float):
+        return None
+    try:
+        parsed = parse_quantity(raw)
+    except QuantityError:
+        return None
+    return parsed.numerator if parsed.denominator == 1 else None
+
+
 def _set_limit(container: dict[str, Any], name: str, value: str) -> None:
     resources = container.get("resources")
     if not isinstance(resources, dict):
@@ -323,10 +342,37 @@ class _Errored(Exception):
         self.message = message
 
 
+class _Rejected(Exception):
+    """A request the pod must not be admitted with; the message names the container and the resource."""
+
+
+def _check_whole_quantities(container: Mapping[str, Any], cfg: NvidiaConfig) -> None:
+    """Count, memory and cores must be whole numbers in range wherever they are given. HAMi's derivation
+    reads any other value as "no GPU request", so `nvidia.com/gpu: 1` with `gpumem: "-5"`, a count of 0.5
+    or 10^300 used to be admitted as a CPU pod (issue 17): the user's request silently vanished. An oversized
+    gpumem is left to rule 6b, whose message names the largest card (and "16Gi" as a number of MiB)."""
+    name = _container_name(container)
+    resources = container.get("resources") or {}
+    bounds: tuple[tuple[str, int | None], ...] = (
+        (cfg.resource_count_name, INT32_MAX),
+        (cfg.resource_memory_name, None),
+        (cfg.resource_core_name, INT32_MAX),
+    )
+    for section in ("limits", "requests"):
+        entries = resources.get(section) or {}
+        for resource, high in bounds:
+            if resource in entries:
+                raw = entries[resource]
+                value = _whole_value(raw)
+                if value is None or value < 0 or (high is not None and value > high):
+                    raise _Rejected(quantity_error(resource, _show(raw), name, high))
+
+
 def _mutate_container(container: dict[str, Any], spec: dict[str, Any], cfg: NvidiaConfig) -> bool:
     """Rule 4 for one container, in place; True when it asks for an NVIDIA GPU (HAMi `MutateAdmission`)."""
     name = _container_name(container)
     resources = container.get("resources") or {}
+    _check_whole_quantities(container, cfg)
     # a. The percentage must be an integer in [0, 100], wherever it is given.
     for section in ("limits", "requests"):
         entries = resources.get(section) or {}
@@ -516,6 +562,8 @@ def admit_pod(
             has_resource = _mutate_container(container, mutated_spec, cfg) or has_resource
         except _Errored as err:
             return _errored(err.code, err.message)
+        except _Rejected as err:
+            return _denied(str(err))
 
     if has_resource:
         for container in containers:

@@ -536,3 +536,49 @@ def test_priority_and_default_gpu_work_on_bare_number_quantities() -> None:
     limits = container_of(result)["resources"]["limits"]
     assert limits[GPU] == "1"
     assert env_of(container_of(result)) == {"CUDA_TASK_PRIORITY": "1"}
+
+
+# --- (kube-vgpu) count, memory and cores must be whole numbers in range -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("limits", "requests", "resource", "shown", "bound"),
+    [
+        pytest.param(res(gpu="1", mem="-5"), None, MEM, "-5", "of at least 0", id="negative-gpumem"),
+        pytest.param(res(gpu="0.5"), None, GPU, "0.5", "between 0 and 2147483647", id="half-a-gpu"),
+        pytest.param(res(gpu="500m"), None, GPU, "500m", "between 0 and 2147483647", id="milli-gpu"),
+        pytest.param(res(gpu="1e300"), None, GPU, "1e300", "between 0 and 2147483647", id="absurd-gpu"),
+        pytest.param(res(gpu="-1"), None, GPU, "-1", "between 0 and 2147483647", id="negative-gpu"),
+        pytest.param(
+            res(gpu="1", cores="-30"), None, CORES, "-30", "between 0 and 2147483647", id="neg-cores"
+        ),
+        pytest.param(
+            res(gpu="1", cores="30.5"), None, CORES, "30.5", "between 0 and 2147483647", id="frac-cores"
+        ),
+        pytest.param(res(gpu="1"), res(mem="1.5"), MEM, "1.5", "of at least 0", id="in-requests"),
+    ],
+)
+def test_bad_gpu_quantities_are_denied_naming_container_and_resource(
+    limits: dict[str, Any], requests: dict[str, Any] | None, resource: str, shown: str, bound: str
+) -> None:
+    """Issue 17: these used to be read as "no GPU request" and the pod was admitted for a CPU node."""
+    decision = admit_pod(pod(ctr("trainer", limits=limits, requests=requests)), DEFAULT)
+    assert decision.outcome is Outcome.DENIED
+    assert decision.message == (
+        f"invalid {resource} value {shown} in container trainer: must be a whole number {bound}"
+    )
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [
+        res(gpu="1"),
+        res(gpu="0"),
+        res(gpu="2", mem="4096", cores="30"),
+        res(gpu="1", cores="150"),
+        res(mem="16Gi"),
+    ],
+)
+def test_whole_quantities_in_range_pass_this_check(limits: dict[str, Any]) -> None:
+    decision = admit_pod(pod(ctr("trainer", limits=limits)), DEFAULT)
+    assert "must be a whole number" not in decision.message
