@@ -30,12 +30,19 @@ def _now() -> str:
 
 
 def lease_body(
-    node: str, duration_seconds: int, now: str, resource_version: str | None = None
+    node: str,
+    duration_seconds: int,
+    now: str,
+    resource_version: str | None = None,
+    node_uid: str | None = None,
 ) -> dict[str, Any]:
-    """The node Lease a kubelet writes: holder = the node, renewed at `now`."""
+    """The node Lease a kubelet writes: holder = the node, renewed at `now`, owned by the Node object so
+    the garbage collector removes it with the Node."""
     metadata: dict[str, Any] = {"name": node, "namespace": NODE_LEASE_NAMESPACE}
     if resource_version is not None:
         metadata["resourceVersion"] = resource_version
+    if node_uid is not None:
+        metadata["ownerReferences"] = [{"apiVersion": "v1", "kind": "Node", "name": node, "uid": node_uid}]
     return {
         "apiVersion": "coordination.k8s.io/v1",
         "kind": "Lease",
@@ -76,15 +83,28 @@ class NodeHeartbeat:
         except ApiException as exc:
             if exc.status != 404:
                 raise
-            body: Any = lease_body(self.node, self.lease_seconds, now)
+            body: Any = lease_body(self.node, self.lease_seconds, now, node_uid=self._node_uid())
             self.leases.create_namespaced_lease(NODE_LEASE_NAMESPACE, body, _preload_content=False)
         else:
-            version = current.metadata.resource_version if current.metadata is not None else None
-            body = lease_body(self.node, self.lease_seconds, now, version)
+            meta = current.metadata
+            version = meta.resource_version if meta is not None else None
+            owners = (meta.owner_references or []) if meta is not None else []
+            owner_uid = next((o.uid for o in owners if o.kind == "Node"), None)
+            body = lease_body(self.node, self.lease_seconds, now, version, node_uid=owner_uid)
             self.leases.replace_namespaced_lease(
                 self.node, NODE_LEASE_NAMESPACE, body, _preload_content=False
             )
         self.lease_renewals += 1
+
+    def _node_uid(self) -> str | None:
+        try:
+            node = self.core.read_node(self.node)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            return None  # no Node yet: the Lease goes unowned, as a kubelet's first one may
+        uid = node.metadata.uid if node.metadata is not None else None
+        return str(uid) if uid else None
 
     def post_ready(self) -> None:
         patch: Any = {"status": {"conditions": [ready_condition(_now(), self.since)]}}

@@ -40,10 +40,13 @@ def test_each_beat_renews_the_lease_and_the_ready_heartbeat(api_server: ApiServe
         with api_server.api_client() as admin:
             lease = client.CoordinationV1Api(admin).read_namespaced_lease(NODE, NODE_LEASE_NAMESPACE)
             assert lease.spec.holder_identity == NODE and lease.spec.lease_duration_seconds == 40
+            node_uid = client.CoreV1Api(admin).read_node(NODE).metadata.uid
+            assert [(o.kind, o.uid) for o in lease.metadata.owner_references] == [("Node", node_uid)]
             first = (lease.metadata.resource_version, lease.spec.renew_time)
             heartbeat.beat(1.0)
             lease = client.CoordinationV1Api(admin).read_namespaced_lease(NODE, NODE_LEASE_NAMESPACE)
             assert lease.metadata.resource_version != first[0] and lease.spec.renew_time >= first[1]
+            assert [o.uid for o in lease.metadata.owner_references] == [node_uid]  # kept on renewal
             node = client.CoreV1Api(admin).read_node(NODE)
         ready = [c for c in node.status.conditions if c.type == "Ready"]
         assert len(ready) == 1 and ready[0].status == "True" and ready[0].last_heartbeat_time is not None

@@ -80,7 +80,7 @@ def reset_real(server: ApiServer, timeout: float = 60.0) -> None:
                 _ignore_missing(
                     core.delete_namespaced_pod, pod.metadata.name, namespace, grace_period_seconds=0
                 )
-            if namespace not in ("kube-system", "kube-node-lease"):
+            if namespace != "kube-system":  # node Leases too: a Node deleted below may not own its Lease
                 for lease in coordination.list_namespaced_lease(namespace).items:
                     _ignore_missing(coordination.delete_namespaced_lease, lease.metadata.name, namespace)
                 for quota in core.list_namespaced_resource_quota(namespace).items:
