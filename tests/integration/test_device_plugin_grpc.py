@@ -1,4 +1,5 @@
-"""The device plugin over real unix sockets, with this test as the kubelet and kube-local as the API.
+"""The device plugin over real unix sockets, with this test as the kubelet, on both API servers (kube-local
+and the upstream kube-apiserver, where the plugin runs as the deploy's ServiceAccount with its RBAC).
 
 The plugin runs in-process on the simulated backend (GPUs GPU-aaa and GPU-bbb, split 2); the test serves
 the kubelet's Registration service and dials the plugin with the v1beta1 stubs, as a kubelet does.
@@ -23,7 +24,6 @@ from kubernetes import client
 from kubevgpu.kubelet.deviceplugin.v1beta1 import api_pb2, api_pb2_grpc
 from services.common import wire
 from services.common.codecs import decode_node_devices
-from services.common.config import KubeAccess
 from services.common.device_config import NvidiaConfig
 from services.common.grpc_server import GrpcServerHandle, build_server
 from services.common.kube import new_api_client
@@ -32,10 +32,13 @@ from services.device_plugin.gpu import GpuEvent
 from services.device_plugin.kubeops import KubeOps
 from services.device_plugin.plugin import DevicePlugin
 from sim.gpus.backend import SimulatedBackend
+from tests.support.apiservers import ApiServer
 
 NODE = "node-a"
 TWO = "GPU-aaa,NVIDIA,3000,50:;GPU-bbb,NVIDIA,4000,60:;"
 MERGE = "application/merge-patch+json"
+# The deploy runs the device plugin (and the monitor beside it) with this ServiceAccount.
+DEVICE_PLUGIN_SA = "kube-vgpu-device-plugin"
 
 
 class FakeKubelet(api_pb2_grpc.RegistrationServicer):
@@ -48,13 +51,16 @@ class FakeKubelet(api_pb2_grpc.RegistrationServicer):
 
 
 class Harness:
-    def __init__(self, plugin_dir: Path, kube_url: str, tmp: Path) -> None:
+    def __init__(self, plugin_dir: Path, api_server: ApiServer, tmp: Path) -> None:
         self.dir = plugin_dir
         self.tmp = tmp
         self.kubelet = FakeKubelet()
         self.kubelet_server: GrpcServerHandle | None = None
-        self.api = new_api_client(KubeAccess(server=kube_url))
+        # The test's own set-up and assertions run as admin; the plugin gets the deploy's access.
+        self.api = api_server.api_client()
         self.core: Any = client.CoreV1Api(self.api)
+        self.plugin_access = api_server.service_access(DEVICE_PLUGIN_SA)
+        self.plugin_api = new_api_client(self.plugin_access)
         self.plugin: DevicePlugin | None = None
         self.backend: SimulatedBackend | None = None
 
@@ -88,13 +94,13 @@ class Harness:
             "kubelet_watch_interval_seconds": 0.05,
             "register_retry_seconds": 0.2,
             "health": HealthConfig(recovery_seconds=overrides.pop("recovery_seconds", 0)),
-            "kube": KubeAccess(server=self.api.configuration.host),
+            "kube": self.plugin_access,
         }
         values.update(overrides)
         cfg = DevicePluginConfig(**values)
         settings = effective_settings(NODE, NvidiaConfig(deviceSplitCount=2), None)
         self.backend = SimulatedBackend(inventory, NODE)
-        self.plugin = DevicePlugin(cfg, settings, self.backend, KubeOps(self.api))
+        self.plugin = DevicePlugin(cfg, settings, self.backend, KubeOps(self.plugin_api))
         await self.plugin.start()
         return self.plugin
 
@@ -103,6 +109,7 @@ class Harness:
             await self.plugin.stop()
         if self.kubelet_server is not None:
             await self.kubelet_server.stop(grace=0)
+        self.plugin_api.close()
         self.api.close()
 
     # --- API helpers -----------------------------------------------------------------------------
@@ -159,9 +166,9 @@ async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
 
 
 @pytest.fixture
-async def h(kube_local_url: str, tmp_path: Path) -> AsyncIterator[Harness]:
+async def h(api_server: ApiServer, tmp_path: Path) -> AsyncIterator[Harness]:
     plugin_dir = Path(tempfile.mkdtemp(dir="/tmp", prefix="kvdp-"))
-    harness = Harness(plugin_dir, kube_local_url, tmp_path)
+    harness = Harness(plugin_dir, api_server, tmp_path)
     harness.core.create_node(
         {"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE, "labels": {"gpu": "on"}}}
     )

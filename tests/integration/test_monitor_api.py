@@ -1,5 +1,7 @@
-"""The monitor against a real kube-local: caches paired with this node's pods through the watch, `/metrics`,
-MonitorService, the feedback loop and stale-dir cleanup; then the console script end to end."""
+"""The monitor against both API servers (kube-local and the upstream kube-apiserver, where it runs as the
+deploy's device-plugin ServiceAccount with that RBAC): caches paired with this node's pods through the
+watch, `/metrics`, MonitorService, the feedback loop and stale-dir cleanup; then the console script end to
+end."""
 
 from __future__ import annotations
 
@@ -26,17 +28,25 @@ from kubevgpu.monitor.v1 import monitor_service_pb2_grpc as pb_grpc
 from services.common import shared_region as sr
 from services.common import wire
 from services.common.config import KubeAccess
-from services.common.kube import new_api_client
 from services.monitor.config import MonitorConfig
 from services.monitor.runtime import MonitorRuntime
 from sim.regions import MIB, ProcUse, make_region, write_cache
 from tests.support import free_port
+from tests.support.apiservers import ApiServer
 
 NODE = "gpu-node-a"
 GPU_A = "GPU-aaaaaaaa-1111-2222-3333-444444444444"
 GPU_B = "GPU-bbbbbbbb-1111-2222-3333-444444444444"
 GONE_UID = "99999999-0000-4000-8000-000000000000"
 BIN = Path(sys.executable).parent
+# The deploy runs the monitor in the device-plugin DaemonSet, with its ServiceAccount.
+MONITOR_SA = "kube-vgpu-device-plugin"
+
+
+def kube_flags(access: KubeAccess) -> list[str]:
+    """The `--set kube.*=` flags that hand a service process `access`."""
+    values = access.model_dump(exclude_none=True)
+    return [arg for key, value in values.items() for arg in ("--set", f"kube.{key}={value}")]
 
 
 async def eventually(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
@@ -99,8 +109,8 @@ def aged(path: Path, seconds: float) -> Path:
     return path
 
 
-async def test_monitor_pairs_caches_with_pods_from_kube_local(kube_local_url: str, tmp_path: Path) -> None:
-    api = new_api_client(KubeAccess(server=kube_local_url))
+async def test_monitor_pairs_caches_with_pods_from_the_api(api_server: ApiServer, tmp_path: Path) -> None:
+    api = api_server.api_client()
     core = client.CoreV1Api(api)
     register = f'[{{"id":"{GPU_A}","index":0,"count":10,"devmem":16384,"devcore":100,"type":"NVIDIA-T4"}},'
     register += f'{{"id":"{GPU_B}","index":1,"count":10,"devmem":16384,"devcore":100,"type":"NVIDIA-T4"}}]'
@@ -150,7 +160,7 @@ async def test_monitor_pairs_caches_with_pods_from_kube_local(kube_local_url: st
         feedback_interval_seconds=0.1,
         stale_grace_seconds=60,
         host_gpus="none",
-        kube=KubeAccess(server=kube_local_url),
+        kube=api_server.service_access(MONITOR_SA),
     )
     runtime = MonitorRuntime(cfg)
     await runtime.start()
@@ -204,8 +214,8 @@ async def test_monitor_pairs_caches_with_pods_from_kube_local(kube_local_url: st
     assert not [line for line in Path("/proc/self/maps").read_text().splitlines() if str(root) in line]
 
 
-def test_console_script_serves_metrics_and_stops_on_sigterm(kube_local_url: str, tmp_path: Path) -> None:
-    api = new_api_client(KubeAccess(server=kube_local_url))
+def test_console_script_serves_metrics_and_stops_on_sigterm(api_server: ApiServer, tmp_path: Path) -> None:
+    api = api_server.api_client()
     pod = client.CoreV1Api(api).create_namespaced_pod(
         "default", gpu_pod("solo", NODE, f"{GPU_A},NVIDIA,2048,25:;")
     )
@@ -231,8 +241,7 @@ def test_console_script_serves_metrics_and_stops_on_sigterm(kube_local_url: str,
             "0.2",
             "--host-gpus",
             "none",
-            "--set",
-            f"kube.server={kube_local_url}",
+            *kube_flags(api_server.service_access(MONITOR_SA)),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
