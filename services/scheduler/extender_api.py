@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from services.common.names import label_problem, subdomain_problem
+
 __all__ = [
     "MISSING_POD",
     "BindArgs",
@@ -141,6 +143,15 @@ def decode_bind_args(body: bytes | str) -> BindArgs:
         raise ExtenderRequestError("extender binding args missing PodName")
     if not args.node:
         raise ExtenderRequestError("extender binding args missing Node")
+    for key, value, problem in (
+        ("PodName", args.pod_name, subdomain_problem(args.pod_name)),
+        ("PodNamespace", args.pod_namespace, label_problem(args.pod_namespace)),
+        ("Node", args.node, subdomain_problem(args.node)),
+    ):
+        if problem is not None:
+            raise ExtenderRequestError(
+                f"extender binding args: {key} {value!r} is not a valid name: {problem}"
+            )
     return args
 
 

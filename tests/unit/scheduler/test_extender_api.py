@@ -4,6 +4,7 @@ texts."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -143,3 +144,29 @@ def test_nesting_deeper_than_the_decoder_allows_is_a_request_error() -> None:
     deep = "[" * 200_000 + "]" * 200_000
     with pytest.raises(ExtenderRequestError, match="cannot decode"):
         decode_extender_args(deep)
+
+
+@pytest.mark.parametrize(
+    ("fields", "fragment"),
+    [
+        ({"PodName": "..", "Node": "n1"}, "PodName '..' is not a valid name"),
+        ({"PodName": "p/../x", "Node": "n1"}, "PodName 'p/../x'"),
+        ({"PodName": "P", "Node": "n1"}, "PodName 'P'"),
+        ({"PodName": "p", "PodNamespace": "a.b", "Node": "n1"}, "PodNamespace 'a.b'"),
+        ({"PodName": "p", "Node": "../nodes"}, "Node '../nodes'"),
+        ({"PodName": "x" * 254, "Node": "n1"}, "no more than 253 characters"),
+    ],
+)
+def test_bind_args_with_names_that_could_reach_another_path_are_refused(
+    fields: dict[str, str], fragment: str
+) -> None:
+    """Issue 17: a bind for pod `..` used to read the Namespace object."""
+    with pytest.raises(ExtenderRequestError, match=re.escape(fragment)):
+        decode_bind_args(json.dumps(fields))
+
+
+def test_valid_dotted_names_bind() -> None:
+    args = decode_bind_args(
+        json.dumps({"PodName": "web-0.v2", "PodNamespace": "team-a", "Node": "gpu-1.zone"})
+    )
+    assert (args.pod_name, args.pod_namespace, args.node) == ("web-0.v2", "team-a", "gpu-1.zone")
