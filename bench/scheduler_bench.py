@@ -33,7 +33,6 @@ import asyncio
 import gc
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -44,31 +43,33 @@ from typing import Any
 
 import aiohttp
 import yaml
+from scheduler_common import (  # bench/, the script's folder
+    GPU_MEMORY,
+    NEW_POD_CORES,
+    NEW_POD_MEMORY,
+    NS,
+    SPLIT,
+    cpu_seconds,
+    latency_line,
+    percentile,
+    rss_mb,
+    running_placement,
+    server_means,
+    server_times,
+    vgpu_pod,
+)
 
 from services.common import wire
-from services.common.codecs import encode_node_devices, encode_pod_single_device
-from services.common.model import ContainerDevice, DeviceInfo
+from services.common.codecs import encode_node_devices
+from services.common.model import DeviceInfo
 from sim.kubelocal.resources import NODES, PODS, default_status_on_create
 from sim.kubelocal.server import KubeLocal
 from sim.kubelocal.store import Store, now_timestamp
 from sim.local.suite import ManagedProcess, console_script, free_port, http_ok, wait_until
 
-NS = "default"
-GPU_MEMORY = 81920
-SPLIT = 10
-NEW_POD_MEMORY = 4096
-NEW_POD_CORES = 10
 TARGET_P99_MS = 5.0
 TARGET_PODS_PER_S = 500.0
 TARGET_RSS_MB = 300.0
-
-
-def _limits(memory: int, cores: int) -> dict[str, str]:
-    return {
-        wire.RESOURCE_GPU: "1",
-        wire.RESOURCE_GPUMEM: str(memory),
-        wire.RESOURCE_GPUCORES: str(cores),
-    }
 
 
 def _node(name: str, gpus: int, handshake: str) -> dict[str, Any]:
@@ -106,34 +107,10 @@ def _node(name: str, gpus: int, handshake: str) -> dict[str, Any]:
 
 
 def _pod(name: str, memory: int, cores: int, node: str | None, device: str | None) -> dict[str, Any]:
-    metadata: dict[str, Any] = {
-        "name": name,
-        "namespace": NS,
-        "uid": str(uuid.uuid4()),
-        "creationTimestamp": now_timestamp(),
-        "labels": {"app": "bench"},
-        "annotations": {},
-    }
-    spec: dict[str, Any] = {
-        "schedulerName": wire.SCHEDULER_NAME,
-        "containers": [{"name": "main", "image": "cuda:12", "resources": {"limits": _limits(memory, cores)}}],
-    }
-    status: dict[str, Any] = {"phase": "Pending"}
-    if node is not None and device is not None:
-        allocation = encode_pod_single_device([[ContainerDevice(device, wire.NVIDIA, memory, cores)]])
-        stamp = str(int(time.time()) - 3600)
-        metadata["labels"][wire.VGPU_NODE] = node
-        metadata["annotations"] = {
-            wire.VGPU_NODE: node,
-            wire.VGPU_TIME: stamp,
-            wire.VGPU_DEVICES_ALLOCATED: allocation,
-            wire.VGPU_DEVICES_TO_ALLOCATE: allocation,
-            wire.BIND_PHASE: wire.BindPhase.SUCCESS.value,
-            wire.BIND_TIME: stamp,
-        }
-        spec["nodeName"] = node
-        status = {"phase": "Running"}
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec, "status": status}
+    pod = vgpu_pod(name, memory, cores, node, device)
+    # What kube-local's create would have set: the state document is loaded as it is.
+    pod["metadata"] |= {"uid": str(uuid.uuid4()), "creationTimestamp": now_timestamp()}
+    return pod
 
 
 def build_state(args: argparse.Namespace) -> tuple[bytes, list[str], list[dict[str, Any]]]:
@@ -146,10 +123,7 @@ def build_state(args: argparse.Namespace) -> tuple[bytes, list[str], list[dict[s
         default_status_on_create(NODES, node)
         store.create(NODES, node)
     for i in range(args.pods):
-        node = names[i % args.nodes]
-        gpu = (i // args.nodes) % args.gpus
-        memory = (2048, 4096, 6144, 8192)[i % 4]
-        cores = (10, 20, 30)[i % 3]
+        node, gpu, memory, cores = running_placement(i, names, args.gpus)
         store.create(PODS, _pod(f"running-{i:05d}", memory, cores, node, f"GPU-{node}-{gpu}"))
     pending = []
     for i in range(args.binds + args.samples):
@@ -157,70 +131,6 @@ def build_state(args: argparse.Namespace) -> tuple[bytes, list[str], list[dict[s
         store.create(PODS, pod)
         pending.append(pod)
     return store.dump_state(), names, pending
-
-
-def _rss_mb(pid: int) -> tuple[float, float]:
-    """(VmRSS, VmHWM) of a process, in MB (10^6 bytes)."""
-    values = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            values[key] = int(rest.split()[0]) * 1024 / 1e6
-    return values.get("VmRSS", 0.0), values.get("VmHWM", 0.0)
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _percentile(values: list[float], pct: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered)) - 1))]
-
-
-def _line(name: str, values_ms: list[float]) -> str:
-    if not values_ms:
-        return f"{name:<34} (none)"
-    return (
-        f"{name:<34} p50 {_percentile(values_ms, 50):8.2f} ms   p99 {_percentile(values_ms, 99):8.2f} ms   "
-        f"mean {statistics.fmean(values_ms):8.2f} ms   n={len(values_ms)}"
-    )
-
-
-_VERBS = ("filter", "prioritize", "bind")
-
-
-async def server_times(
-    session: aiohttp.ClientSession, metrics: str
-) -> tuple[dict[str, tuple[float, int]], float]:
-    """The scheduler's own (sum seconds, count) per verb from /metrics, and how long the scrape took."""
-    started = time.perf_counter()
-    async with session.get(f"{metrics}/metrics") as resp:
-        text = await resp.text()
-    scrape = time.perf_counter() - started
-    found = {verb: [0.0, 0] for verb in _VERBS}
-    for line in text.splitlines():
-        for verb in _VERBS:
-            prefix = f"kube_vgpu_scheduler_{verb}_duration_seconds_"
-            if line.startswith(prefix + "sum"):
-                found[verb][0] += float(line.rsplit(" ", 1)[1])
-            elif line.startswith(prefix + "count"):
-                found[verb][1] += int(float(line.rsplit(" ", 1)[1]))
-    return {verb: (float(v[0]), int(v[1])) for verb, v in found.items()}, scrape
-
-
-def _server_means(before: dict[str, tuple[float, int]], after: dict[str, tuple[float, int]]) -> str:
-    parts = []
-    for verb in _VERBS:
-        total = after[verb][0] - before[verb][0]
-        count = after[verb][1] - before[verb][1]
-        if count:
-            parts.append(f"{verb} {total / count * 1000:.2f} ms")
-    return ", ".join(parts) or "(none)"
 
 
 class Client:
@@ -307,7 +217,7 @@ async def drive(
         for pod in samples:
             await idle.cycle(pod, set())
         idle_times, scrape = await server_times(session, metrics)
-        idle.server = _server_means(start_times, idle_times)
+        idle.server = server_means(start_times, idle_times)
         idle.scrape = scrape
 
         load = Client(session, extender, kube, nodes)
@@ -325,7 +235,7 @@ async def drive(
                 busy.discard(node)
                 slots.release()
 
-        cpu_before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+        cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         started = time.perf_counter()
         for pod in to_bind:
             node = await load.cycle(pod, busy)
@@ -339,9 +249,9 @@ async def drive(
         if tasks:
             await asyncio.wait(set(tasks))
         elapsed = time.perf_counter() - started
-        load.cpu = {name: _cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
+        load.cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
         load_times, _ = await server_times(session, metrics)
-        load.server = _server_means(idle_times, load_times)
+        load.server = server_means(idle_times, load_times)
     return idle, load, bound, elapsed
 
 
@@ -437,10 +347,10 @@ def main(argv: list[str] | None = None) -> int:
         pid = scheduler.proc.pid
         print(f"scheduler (pid {pid}) caches listed in {time.perf_counter() - t0:.1f} s", flush=True)
         time.sleep(1.0)
-        rss_idle, _ = _rss_mb(pid)
+        rss_idle, _ = rss_mb(pid)
         assert kube_local.proc is not None
         pids = {"scheduler": pid, "kube-local": kube_local.proc.pid, "bench client": os.getpid()}
-        cpu_before = {name: _cpu_seconds(p) for name, p in pids.items()}
+        cpu_before = {name: cpu_seconds(p) for name, p in pids.items()}
 
         metrics = f"http://127.0.0.1:{metrics_port}"
         # The client holds the whole generated cluster; a collection of it mid-run would be timed as
@@ -448,8 +358,8 @@ def main(argv: list[str] | None = None) -> int:
         gc.collect()
         gc.freeze()
         idle, load, bound, elapsed = asyncio.run(drive(args, extender, metrics, kube, nodes, pending, pids))
-        cpu = {name: _cpu_seconds(p) - cpu_before[name] for name, p in pids.items()}
-        rss_end, rss_peak = _rss_mb(pid)
+        cpu = {name: cpu_seconds(p) - cpu_before[name] for name, p in pids.items()}
+        rss_end, rss_peak = rss_mb(pid)
         with urllib.request.urlopen(f"{extender}/readyz", timeout=5) as resp:
             assert resp.status == 200
     finally:
@@ -458,15 +368,15 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print(f"idle latency ({args.samples} pods, one at a time, {args.nodes} candidate nodes per filter):")
-    print("  " + _line("filter", idle.filter_ms))
-    print("  " + _line("prioritize", idle.prioritize_ms))
-    print("  " + _line("filter+prioritize", idle.cycle_ms))
+    print("  " + latency_line("filter", idle.filter_ms))
+    print("  " + latency_line("prioritize", idle.prioritize_ms))
+    print("  " + latency_line("filter+prioritize", idle.cycle_ms))
     print(f"  scheduler-side means: {idle.server}")
     print(f"under load ({args.binds} pods, filter+prioritize serial, binds concurrent):")
-    print("  " + _line("filter", load.filter_ms))
-    print("  " + _line("prioritize", load.prioritize_ms))
-    print("  " + _line("filter+prioritize", load.cycle_ms))
-    print("  " + _line("bind (to answer)", load.bind_ms))
+    print("  " + latency_line("filter", load.filter_ms))
+    print("  " + latency_line("prioritize", load.prioritize_ms))
+    print("  " + latency_line("filter+prioritize", load.cycle_ms))
+    print("  " + latency_line("bind (to answer)", load.bind_ms))
     print(f"  scheduler-side means: {load.server}")
     rate = bound / elapsed if elapsed > 0 else 0.0
     print(f"  bound {bound}/{args.binds} in {elapsed:.1f} s = {rate:.1f} pods/s", end="")
@@ -486,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"scheduler RSS: {rss_idle:.0f} MB after listing, {rss_end:.0f} MB at the end, peak {rss_peak:.0f} MB"
     )
-    p99 = _percentile(idle.cycle_ms, 99)
+    p99 = percentile(idle.cycle_ms, 99)
     print(
         f"targets: filter+prioritize p99 <= {TARGET_P99_MS:g} ms: {p99:.1f} ms "
         f"({'met' if p99 <= TARGET_P99_MS else 'missed'}); >= {TARGET_PODS_PER_S:g} pods/s: {rate:.0f} "
