@@ -172,7 +172,9 @@ STEPS = [
     Step("table-pods", "GET", PODS, accept=TABLE),
     Step("table-nodes", "GET", "/api/v1/nodes", accept=TABLE),
     Step("delete-pod", "DELETE", f"{PODS}/diff-pod?gracePeriodSeconds=0"),
-    Step("watch-too-old-410", "GET", f"{PODS}?watch=true&resourceVersion=1&timeoutSeconds=1", watch=True),
+    # No step watches from a too-old resourceVersion: whether the real server still covers it depends on
+    # its watch cache's history in this test session (both answers are Kubernetes behaviour), so it is
+    # not a stable comparison. The 410 stream itself is compared in test_expired_watch_stream_shape.
     Step("delete-namespace", "DELETE", "/api/v1/namespaces/diff-ns"),
 ]
 
