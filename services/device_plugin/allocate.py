@@ -175,6 +175,31 @@ def container_mounts(
     return tuple(mounts)
 
 
+def device_count_mismatch(
+    key: str,
+    container: str,
+    slot: int,
+    assigned: Sequence[ContainerDevice],
+    device_ids: Sequence[str],
+    resource_name: str,
+) -> str | None:
+    """Why the kubelet's request for `container` does not fit the GPUs the scheduler assigned it (slot `slot`
+    of the pod's to-allocate annotation), or None when the counts agree.
+
+    The kubelet chose `device_ids` from the container's `resource_name` limit; the scheduler chose `assigned`
+    from the same limit. Different counts mean one of them read another request (an edited pod, a stale
+    annotation): handing out the annotation's GPUs would give the container what nobody asked for."""
+    if len(device_ids) == len(assigned):
+        return None
+    return (
+        f"{DEVICE_NUMBER_NOT_MATCHED}: pod {key} container {container!r} asks for {len(device_ids)} "
+        f"{resource_name} device(s) ({', '.join(device_ids) or 'none'}) but slot {slot} holds "
+        f"{len(assigned)} GPU(s) ({', '.join(d.uuid for d in assigned) or 'none'}) assigned by the scheduler "
+        f"in {wire.VGPU_DEVICES_TO_ALLOCATE}; the container's {resource_name} request and the scheduler's "
+        "annotation disagree"
+    )
+
+
 def plan_allocation(
     pod: Mapping[str, Any],
     requests: Sequence[Sequence[str]],
@@ -200,14 +225,11 @@ def plan_allocation(
                 f"#{request_index} but every slot of {wire.VGPU_DEVICES_TO_ALLOCATE} is already allocated",
             )
         devices = slots[slot]
-        if len(devices) != len(device_ids):
-            raise AllocationError(
-                "invalid",
-                f"{DEVICE_NUMBER_NOT_MATCHED}: pod {key} slot {slot} holds {len(devices)} GPU(s) "
-                f"({', '.join(d.uuid for d in devices)}) but the kubelet allocates {len(device_ids)} "
-                f"({', '.join(device_ids)}); the container's {settings.resource_name} request and the "
-                "scheduler's annotation disagree",
-            )
+        container, is_init = container_for_slot(pod, slot)
+        name = str(container.get("name") or "")
+        mismatch = device_count_mismatch(key, name, slot, devices, device_ids, settings.resource_name)
+        if mismatch is not None:
+            raise AllocationError("invalid", mismatch)
         foreign = [d.uuid for d in devices if d.uuid not in node_gpus]
         if foreign:
             raise AllocationError(
@@ -215,8 +237,6 @@ def plan_allocation(
                 f"pod {key}: GPU(s) {', '.join(foreign)} in {wire.VGPU_DEVICES_TO_ALLOCATE} are not "
                 f"advertised by node {settings.node_name}; the pod was placed with a stale inventory",
             )
-        container, is_init = container_for_slot(pod, slot)
-        name = str(container.get("name") or "")
         try:
             cache_dir = container_dir_name(uid, name)
         except HostPathError as exc:

@@ -25,6 +25,12 @@ Host series (only where NVML answers): `hami_host_gpu_memory_used_bytes`, `hami_
 `hami_host_gpu_memory_controller_utilization_ratio` with `zone, node, device_index, device_uuid, device_type`
 (HAMi leaves `node` off the last one; it is added here for the same reason). `hami_build_info` has no zone.
 
+Region values above the device's bound (services.monitor.bounds) are exported clamped and counted in
+`hami_vgpu_region_values_clamped_total{zone, node, namespace, pod, container, device_uuid, field}`: +1 each
+time a field of a container's device starts claiming more than the device holds (`field` is the region
+value: used_bytes, limit_bytes, context_bytes, module_bytes, buffer_bytes, sm_util). HAMi has no such
+metric; the name extends its `hami_vgpu_` family. A container's series go with the container.
+
 Monitor health: `kube_vgpu_monitor_region_errors_total{reason}` (skipped cache files, counted once per file
 version), `kube_vgpu_monitor_regions_mapped`, `kube_vgpu_monitor_container_dirs`,
 `kube_vgpu_monitor_stale_dirs_removed_total`, `kube_vgpu_monitor_feedback_writes_total`.
@@ -40,8 +46,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Final
 
@@ -62,9 +68,10 @@ from services.common.prom_text import (
     render_text,
 )
 from services.monitor.hostgpu import HostGpuStat
-from services.monitor.monitor import ContainerView, DeviceView, Snapshot
+from services.monitor.monitor import ClampLabels, ContainerView, DeviceView, Snapshot
 
 __all__ = [
+    "CLAMP_LABELS",
     "CONTAINER_LABELS",
     "HOST_LABELS",
     "ZONE",
@@ -86,6 +93,7 @@ CONTAINER_LABELS: Final = (
     "device_uuid",
 )
 HOST_LABELS: Final = ("zone", "node", "device_index", "device_uuid", "device_type")
+CLAMP_LABELS: Final = ("zone", "node", "namespace", "pod", "container", "device_uuid", "field")
 
 
 def _to_metric(fam: FamilySamples) -> Metric:
@@ -301,6 +309,7 @@ class MonitorCounters:
     container_dirs: int
     stale_removed: int
     feedback_writes: int
+    clamped_values: Mapping[ClampLabels, int] = field(default_factory=dict)
 
 
 _REGION_ERRORS: Final = Family(
@@ -321,6 +330,12 @@ _FEEDBACK_WRITES: Final = Family(
     "Region fields written by the feedback loop (recent_kernel, utilization_switch)",
     COUNTER,
 )
+_CLAMPED: Final = Family(
+    "hami_vgpu_region_values_clamped_total",
+    "Region values above what the device holds, reported as the device's bound (each time one appears)",
+    COUNTER,
+    CLAMP_LABELS,
+)
 _NO_LABELS: Final = LabelSet((), ())
 
 
@@ -328,8 +343,12 @@ def own_families(counters: MonitorCounters) -> list[FamilySamples]:
     errors = FamilySamples(_REGION_ERRORS)
     for reason, count in sorted(counters.region_errors.items()):
         errors.add(LabelSet(("reason",), (reason,)), count)
+    clamped = FamilySamples(_CLAMPED)
+    for labels, count in sorted(counters.clamped_values.items()):
+        clamped.add(LabelSet(CLAMP_LABELS, (ZONE, *labels)), count)
     return [
         errors,
+        clamped,
         FamilySamples(_REGIONS_MAPPED, [(_NO_LABELS, counters.regions_mapped)]),
         FamilySamples(_CONTAINER_DIRS, [(_NO_LABELS, counters.container_dirs)]),
         FamilySamples(_STALE_REMOVED, [(_NO_LABELS, counters.stale_removed)]),

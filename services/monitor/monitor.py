@@ -5,6 +5,10 @@ reported as soon as the pod carries its allocation (`hami.io/vgpu-devices-alloca
 its limits and zero usage, before its first CUDA call (HAMi#1814); once its region appears, the region's
 values (what libvgpu enforces) take over. Devices are matched by UUID: a region lists devices in the
 container's CUDA order, which need not be the annotation's order.
+
+A region's values are the container's word: any above what the device can hold is reported as the device's
+bound (`services.monitor.bounds`), logged once per container, device and field while it lasts, and counted
+(`hami_vgpu_region_values_clamped_total`).
 """
 
 from __future__ import annotations
@@ -13,10 +17,11 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.common.log import get_logger
+from services.monitor.bounds import Clamp, clamp_device, device_bounds
 from services.monitor.codec import (
     RECENT_KERNEL,
     UTILIZATION_SWITCH,
@@ -50,6 +55,14 @@ class DeviceView:
 
 
 @dataclass(frozen=True, slots=True)
+class ClampedValue:
+    """A region value of one device of the container that was above the device's bound (reported clamped)."""
+
+    device_uuid: str
+    clamp: Clamp
+
+
+@dataclass(frozen=True, slots=True)
 class ContainerView:
     pod_uid: str
     namespace: str
@@ -60,6 +73,7 @@ class ContainerView:
     last_kernel_time: int = 0  # Unix seconds, 0 = never
     priority: int | None = None
     attributed: bool = True  # False: a region whose pod is not known (yet)
+    clamped: tuple[ClampedValue, ...] = ()
 
     @property
     def key(self) -> str:
@@ -82,10 +96,16 @@ class _CachedView:
     view: ContainerView
 
 
+# `hami_vgpu_region_values_clamped_total` labels: node, namespace, pod, container, device_uuid, field.
+ClampLabels = tuple[str, str, str, str, str, str]
+
+
 @dataclass(slots=True)
 class MonitorStats:
     stale_removed: int = 0
     feedback_writes: int = 0
+    # Clamp episodes per label set, for the containers of the last snapshot.
+    clamped: dict[ClampLabels, int] = field(default_factory=dict)
 
 
 def _short_uuid(uuid: str) -> str:
@@ -97,8 +117,11 @@ def _merge_devices(
     region: RegionReading | None,
     kubelet_uuids: tuple[str, ...],
     host_index: dict[str, int],
+    memory_totals: dict[str, int],
+    clamped: list[ClampedValue],
 ) -> tuple[DeviceView, ...]:
-    """Annotation devices (limits known from allocation) merged with region devices (usage), by UUID."""
+    """Annotation devices (limits known from allocation) merged with region devices (usage), by UUID; region
+    values above the device's bounds are clamped and appended to `clamped`."""
     allocated = list(container.devices) if container is not None else []
     by_uuid: dict[str, DeviceReading] = {}
     if region is not None:
@@ -115,6 +138,8 @@ def _merge_devices(
         # The region holds what libvgpu enforces: its SM limit wins (0 or >= 100: not limited); a memory
         # limit of 0 there means none was set, so the allocation's is reported.
         uuid = _short_uuid(device.uuid)
+        device, clamps = clamp_device(device, device_bounds(memory_totals.get(uuid), mem_limit))
+        clamped.extend(ClampedValue(uuid, c) for c in clamps)
         return DeviceView(
             vindex=device.index,
             uuid=uuid,
@@ -178,18 +203,22 @@ def build_view(
     region: RegionReading | None,
     kubelet_uuids: tuple[str, ...],
     host_index: dict[str, int],
+    memory_totals: dict[str, int] | None = None,
 ) -> ContainerView:
     spec = pod.container(container_name) if pod is not None else None
+    clamped: list[ClampedValue] = []
+    devices = _merge_devices(spec, region, kubelet_uuids, host_index, memory_totals or {}, clamped)
     return ContainerView(
         pod_uid=pod.uid if pod is not None else (dir_info.pod_uid if dir_info else ""),
         namespace=pod.namespace if pod is not None else "",
         pod=pod.name if pod is not None else "",
         container=container_name,
-        devices=_merge_devices(spec, region, kubelet_uuids, host_index),
+        devices=devices,
         has_region=region is not None,
         last_kernel_time=region.last_kernel_time if region is not None else 0,
         priority=region.priority if region is not None else None,
         attributed=pod is not None,
+        clamped=tuple(clamped),
     )
 
 
@@ -204,6 +233,7 @@ class Monitor:
         stale_grace_seconds: float = 300.0,
         mig_apply_lock_file: str | None = None,
         host_index: Callable[[], dict[str, int]] | None = None,
+        memory_totals: Callable[[], dict[str, int]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.node_name = node_name
@@ -213,6 +243,7 @@ class Monitor:
         self.stale_grace_seconds = stale_grace_seconds
         self.mig_apply_lock_file = mig_apply_lock_file
         self._host_index = host_index
+        self._memory_totals = memory_totals
         self.clock = clock
         self.stats = MonitorStats()
         self._lock = threading.Lock()  # one scan / feedback pass at a time
@@ -222,6 +253,12 @@ class Monitor:
         # Replaced whole at each snapshot (no lock: concurrent snapshots each leave a valid cache).
         self._views: dict[tuple[str, str, bool], _CachedView] = {}
         self._views_host_index: dict[str, int] | None = None
+        self._views_memory_totals: dict[str, int] | None = None
+        # Clamped values being reported now, by (pod UID, container, device, field): each is logged and
+        # counted when it first appears, and forgotten when the region's value is within bounds again.
+        self._clamp_lock = threading.Lock()
+        self._clamps_now: set[tuple[str, str, str, str]] = set()
+        self._clamp_counts: dict[tuple[str, str], dict[ClampLabels, int]] = {}
 
     # --- scan ------------------------------------------------------------------------------------------
 
@@ -263,11 +300,23 @@ class Monitor:
             return self._host_index()
         return {uuid: gpu.index for uuid, gpu in self.pods.registered().items()}
 
+    def memory_totals(self) -> dict[str, int]:
+        """Bytes per GPU (short UUID) that bound a region's memory values (services.monitor.bounds)."""
+        if self._memory_totals is not None:
+            return self._memory_totals()
+        return {
+            _short_uuid(uuid): gpu.devmem_mib * MIB
+            for uuid, gpu in self.pods.registered().items()
+            if gpu.devmem_mib > 0
+        }
+
     def snapshot(self) -> Snapshot:
         readings = list(self.store.read_all())
         pods = self.pods.pods()
         host_index = self.host_index()
-        old = self._views if host_index == self._views_host_index else {}
+        memory_totals = self.memory_totals()
+        same_inputs = host_index == self._views_host_index and memory_totals == self._views_memory_totals
+        old = self._views if same_inputs else {}
         cache: dict[tuple[str, str, bool], _CachedView] = {}
 
         def view_of(
@@ -289,7 +338,7 @@ class Monitor:
             ):
                 cache[key] = hit
                 return hit.view
-            view = build_view(pod, dir_info, container, region, kubelet, host_index)
+            view = build_view(pod, dir_info, container, region, kubelet, host_index, memory_totals)
             cache[key] = _CachedView(pod, dir_info, region, kubelet, view)
             return view
 
@@ -317,8 +366,52 @@ class Monitor:
                 continue  # no cache yet, or a finished init container / a terminal pod
             views.append(view_of(None, uid, dir_info, container, region, ()))
         views.sort(key=lambda v: (not v.attributed, v.namespace, v.pod, v.container, v.pod_uid))
-        self._views, self._views_host_index = cache, host_index
+        self._views, self._views_host_index, self._views_memory_totals = cache, host_index, memory_totals
+        self._note_clamps(views)
         return Snapshot(node=self.node_name, taken_at=self.clock(), containers=tuple(views))
+
+    def _note_clamps(self, views: list[ContainerView]) -> None:
+        """Log and count the clamped values that appeared since the last snapshot; forget the counts of
+        containers no longer reported (their series go, as every series of a gone container does)."""
+        now: set[tuple[str, str, str, str]] = set()
+        with self._clamp_lock:
+            for view in views:
+                if not view.attributed:
+                    continue  # named and counted once its pod is known (same key)
+                for value in view.clamped:
+                    key = (view.pod_uid, view.container, value.device_uuid, value.clamp.field)
+                    now.add(key)
+                    if key in self._clamps_now:
+                        continue
+                    log.warning(
+                        "region_value_clamped",
+                        pod=f"{view.namespace}/{view.pod}",
+                        container=view.container,
+                        device=value.device_uuid,
+                        field=value.clamp.field,
+                        claimed=value.clamp.claimed,
+                        reported=value.clamp.bound,
+                        dir=view.key,
+                    )
+                    labels: ClampLabels = (
+                        self.node_name,
+                        view.namespace,
+                        view.pod,
+                        view.container,
+                        value.device_uuid,
+                        value.clamp.field,
+                    )
+                    counts = self._clamp_counts.setdefault((view.pod_uid, view.container), {})
+                    counts[labels] = counts.get(labels, 0) + 1
+            self._clamps_now = now
+            if not self._clamp_counts:
+                return  # the usual case: no region ever claimed too much
+            live = {(v.pod_uid, v.container) for v in views if v.attributed}
+            for gone in self._clamp_counts.keys() - live:
+                del self._clamp_counts[gone]
+            self.stats.clamped = {
+                labels: count for counts in self._clamp_counts.values() for labels, count in counts.items()
+            }
 
     # --- feedback --------------------------------------------------------------------------------------
 

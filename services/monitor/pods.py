@@ -64,6 +64,8 @@ class PodInfo:
 class RegisteredGpu:
     index: int
     type: str
+    # `devmem` of the node's inventory: MiB times deviceMemoryScaling (0: unknown).
+    devmem_mib: int = 0
 
 
 def _container_specs(pod: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
@@ -151,7 +153,7 @@ class PodIndex:
             except WireFormatError as exc:
                 log.warning("node_register_undecodable", error=str(exc))
                 devices = []
-            gpus = {d.id: RegisteredGpu(index=d.index, type=d.type) for d in devices}
+            gpus = {d.id: RegisteredGpu(index=d.index, type=d.type, devmem_mib=d.devmem) for d in devices}
         with self._lock:
             self._gpus = gpus
 

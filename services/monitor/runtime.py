@@ -24,11 +24,12 @@ from services.common.grpc_server import GrpcServerHandle, build_server
 from services.common.kube import KubeAccessError, describe_access, new_api_client
 from services.common.log import bind_context, get_logger
 from services.common.reflector import Reflector
+from services.monitor.bounds import device_memory_totals
 from services.monitor.codec import KNOWN_REASONS
 from services.monitor.config import MonitorConfig
 from services.monitor.hostgpu import HostGpus, HostGpuStat, open_host_gpus
 from services.monitor.metrics import ErrorCounts, MonitorCounters, MonitorMetrics, metrics_app
-from services.monitor.monitor import Monitor
+from services.monitor.monitor import UUID_LEN, Monitor
 from services.monitor.podresources import PodResourcesClient, PodResourcesSource
 from services.monitor.pods import PodIndex
 from services.monitor.regions import OWN_REASONS, RegionStore
@@ -64,6 +65,7 @@ class MonitorRuntime:
         self._host_gpus = host_gpus
         self.host: HostGpus | None = None
         self._host_index: dict[str, int] = {}
+        self._host_memory: dict[str, int] = {}
         self.monitor = Monitor(
             cfg.node_name,
             self.store,
@@ -72,6 +74,7 @@ class MonitorRuntime:
             stale_grace_seconds=cfg.stale_grace_seconds,
             mig_apply_lock_file=cfg.mig_apply_lock_file,
             host_index=self.host_index,
+            memory_totals=self.memory_totals,
         )
         self.metrics = MonitorMetrics(self.monitor.snapshot, self.host_stats, self.counters)
         self._api = api_client
@@ -93,6 +96,11 @@ class MonitorRuntime:
         index.update(self._host_index)
         return index
 
+    def memory_totals(self) -> dict[str, int]:
+        """Per GPU, the larger of the registered inventory's and NVML's memory (services.monitor.bounds)."""
+        registered = {uuid: gpu.devmem_mib for uuid, gpu in self.pods.registered().items()}
+        return device_memory_totals(registered, self._host_memory, UUID_LEN)
+
     def counters(self) -> MonitorCounters:
         stats = self.monitor.stats
         return MonitorCounters(
@@ -101,6 +109,7 @@ class MonitorRuntime:
             container_dirs=len(self.store.dirs()),
             stale_removed=stats.stale_removed,
             feedback_writes=stats.feedback_writes,
+            clamped_values=stats.clamped,
         )
 
     # --- lifecycle ----------------------------------------------------------------------------------------
@@ -149,6 +158,8 @@ class MonitorRuntime:
             self.host = host
             stats = await asyncio.to_thread(host.stats)
             self._host_index = {s.uuid: s.index for s in stats}
+            # A card's size does not change while the monitor runs: read once, not at every snapshot.
+            self._host_memory = {s.uuid: s.memory_total_bytes for s in stats}
             log.info("host_gpus", source=host.name, count=len(stats))
             self._start_kube()
             self.metrics_port = await self._serve_metrics(cfg.metrics_bind_address)

@@ -400,6 +400,26 @@ async def test_count_mismatch_fails_the_pod_and_releases_the_lock(h: Harness) ->
     assert wire.NODE_LOCK not in (h.node()["metadata"].get("annotations") or {})
 
 
+async def test_two_device_ids_for_a_container_assigned_one_gpu_is_refused(h: Harness) -> None:
+    """The kubelet's device IDs are checked against the pod's assignment (issue 17, defect 5): two IDs for
+    a container the scheduler gave one GPU fail the Allocate, naming pod, container and both counts, and fail
+    the bind as every Allocate failure does."""
+    await h.start_plugin()
+    h.create_pod("GPU-bbb,NVIDIA,1000,10:;", [{"name": "trainer"}])
+    h.set_lock()
+    error = await allocate_error(h, "GPU-bbb-0", "GPU-bbb-1")
+    details = error.details() or ""
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "pod default/p1 container 'trainer' asks for 2 nvidia.com/gpu device(s)" in details
+    assert "holds 1 GPU(s) (GPU-bbb)" in details
+    assert "bind-phase=failed" in details
+    annotations = h.pod()["metadata"]["annotations"]
+    assert annotations[wire.BIND_PHASE] == "failed"
+    assert annotations[wire.VGPU_DEVICES_TO_ALLOCATE] == "GPU-bbb,NVIDIA,1000,10:;"  # nothing handed out
+    assert wire.NODE_LOCK not in (h.node()["metadata"].get("annotations") or {})
+    assert not (h.tmp / "hook" / "vgpu" / "containers" / f"{h.pod()['metadata']['uid']}_trainer").exists()
+
+
 @pytest.mark.parametrize(
     ("to_allocate", "needle"),
     [

@@ -214,6 +214,60 @@ async def test_monitor_pairs_caches_with_pods_from_the_api(api_server: ApiServer
     assert not [line for line in Path("/proc/self/maps").read_text().splitlines() if str(root) in line]
 
 
+async def test_region_values_beyond_the_registered_device_are_clamped_and_counted(
+    api_server: ApiServer, tmp_path: Path
+) -> None:
+    """Issue 17, defect 5: a region claiming 2^62 bytes used is exported as the size of the GPU in the node's
+    registered inventory (from the node watch), and counted once however often it is scraped."""
+    api = api_server.api_client()
+    core = client.CoreV1Api(api)
+    register = f'[{{"id":"{GPU_A}","index":0,"count":10,"devmem":16384,"devcore":100,"type":"NVIDIA-T4"}}]'
+    core.create_node(
+        client.V1Node(
+            metadata=client.V1ObjectMeta(name=NODE, annotations={wire.NODE_NVIDIA_REGISTER: register})
+        )
+    )
+    liar = core.create_namespaced_pod("default", gpu_pod("liar", NODE, f"{GPU_A},NVIDIA,4096,50:;"))
+    root = tmp_path / "vgpu" / "containers"
+    region = make_region([GPU_A], limits=[4096 * MIB], procs=[ProcUse(10, buffer=[2**62], sm_util=[30])])
+    write_cache(root, liar.metadata.uid, "main", region)
+    sock_dir = tempfile.mkdtemp(dir="/tmp", prefix="kv-mon-")
+    cfg = MonitorConfig(
+        node_name=NODE,
+        hook_path=str(tmp_path / "vgpu"),
+        metrics_bind_address="127.0.0.1:0",
+        grpc_bind=f"unix:{sock_dir}/monitor.sock",
+        scan_interval_seconds=0.1,
+        feedback_enabled=False,
+        host_gpus="none",
+        kube=api_server.service_access(MONITOR_SA),
+    )
+    runtime = MonitorRuntime(cfg)
+    await runtime.start()
+    try:
+        port = runtime.metrics_port
+        assert port
+        # The node watch may deliver after the pod watch: until then the allocated limit is the bound.
+        fams = await eventually_metrics(
+            port,
+            lambda f: series(f, "hami_vgpu_memory_used_bytes").get(("liar", "main", GPU_A)) == 16384 * MIB,
+            "liar/main reported at the registered device size",
+        )
+        for _ in range(3):
+            fams = await ascrape(port)
+        assert series(fams, "hami_vgpu_memory_used_bytes")[("liar", "main", GPU_A)] == 16384 * MIB
+        assert series(fams, "hami_vgpu_memory_limit_bytes")[("liar", "main", GPU_A)] == 4096 * MIB
+        clamped = {
+            s.labels["field"]: s.value
+            for s in fams["hami_vgpu_region_values_clamped"]
+            if (s.labels["node"], s.labels["pod"], s.labels["device_uuid"]) == (NODE, "liar", GPU_A)
+        }
+        assert clamped == {"used_bytes": 1, "buffer_bytes": 1}
+    finally:
+        await runtime.stop()
+        api.close()
+
+
 def test_console_script_serves_metrics_and_stops_on_sigterm(api_server: ApiServer, tmp_path: Path) -> None:
     api = api_server.api_client()
     pod = client.CoreV1Api(api).create_namespaced_pod(

@@ -10,10 +10,12 @@ import pytest
 
 from services.common import wire
 from services.common.device_config import NvidiaConfig
+from services.common.model import ContainerDevice
 from services.device_plugin.allocate import (
     DEVICE_NUMBER_NOT_MATCHED,
     AllocationError,
     container_for_slot,
+    device_count_mismatch,
     plan_allocation,
     plan_preferred,
     preferred_for_container,
@@ -144,6 +146,45 @@ def test_count_mismatch_is_device_number_not_matched() -> None:
         plan(pod(TWO, TWO_CONTAINERS), [["GPU-aaa-0", "GPU-aaa-1"]])
     assert err.value.message.startswith(DEVICE_NUMBER_NOT_MATCHED)
     assert "slot 0 holds 1 GPU(s)" in err.value.message
+
+
+A = ContainerDevice("GPU-aaa", "NVIDIA", 3000, 50)
+B = ContainerDevice("GPU-bbb", "NVIDIA", 4000, 60)
+
+
+@pytest.mark.parametrize(
+    ("assigned", "device_ids", "needles"),
+    [
+        ((A,), ["GPU-aaa-0"], None),
+        ((A, B), ["GPU-aaa-0", "GPU-bbb-1"], None),
+        ((A, B), ["GPU-bbb-1", "GPU-aaa-0"], None),  # the kubelet's order need not be the annotation's
+        ((A,), ["GPU-aaa-0", "GPU-aaa-1"], ("asks for 2 nvidia.com/gpu device(s)", "slot 3 holds 1 GPU(s)")),
+        ((A, B), ["GPU-aaa-0"], ("asks for 1 nvidia.com/gpu device(s) (GPU-aaa-0)", "holds 2 GPU(s)")),
+        ((A,), [], ("asks for 0 nvidia.com/gpu device(s) (none)", "holds 1 GPU(s) (GPU-aaa)")),
+        ((), ["GPU-aaa-0"], ("asks for 1", "holds 0 GPU(s) (none)")),
+    ],
+)
+def test_device_count_mismatch_table(
+    assigned: tuple[ContainerDevice, ...], device_ids: list[str], needles: tuple[str, ...] | None
+) -> None:
+    message = device_count_mismatch("ml/trainer", "main", 3, assigned, device_ids, "nvidia.com/gpu")
+    if needles is None:
+        assert message is None
+        return
+    assert message is not None and message.startswith(DEVICE_NUMBER_NOT_MATCHED)
+    assert "pod ml/trainer container 'main'" in message
+    assert wire.VGPU_DEVICES_TO_ALLOCATE in message
+    for needle in needles:
+        assert needle in message
+
+
+def test_count_mismatch_names_the_container_not_only_the_slot() -> None:
+    p = pod(";GPU-aaa,NVIDIA,1000,10:;", [{"name": "app"}], init=[{"name": "setup"}])
+    with pytest.raises(AllocationError) as err:
+        plan(p, [["GPU-aaa-0", "GPU-aaa-1"]])
+    assert err.value.code == "invalid"
+    assert "pod default/p1 container 'app' asks for 2 nvidia.com/gpu device(s)" in err.value.message
+    assert "slot 1 holds 1 GPU(s) (GPU-aaa)" in err.value.message
 
 
 def test_init_containers_come_first_and_empty_slots_are_skipped() -> None:
