@@ -1,7 +1,8 @@
 """``kube-local``: serve the Kubernetes API subset of kube-local until SIGINT/SIGTERM.
 
 Prints the URL on its own line once it is serving (``--port 0`` picks a free port), then runs
-until interrupted; a clean stop ends every watch and flushes ``--state-dir``.
+until interrupted; a clean stop ends every watch and closes ``--state-dir`` (where every write is
+on disk before it is answered, so SIGKILL loses nothing acknowledged).
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ async def serve(args: argparse.Namespace) -> None:
     url = await server.start(args.host, args.port)
     print(url, flush=True)  # first line of stdout, for whoever started us
     log.info("kube-local serving", url=url, state_dir=args.state_dir, history_size=args.history_size)
+    for message, fields in server.state_notes:
+        log.warning(message, **fields)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from sim.kubelocal import errors
 from sim.kubelocal.admission import AdmissionChain
@@ -82,19 +83,39 @@ async def _errors_middleware(
     return status_response(error)
 
 
+def _durable_middleware(store: Store, persistence: Persistence) -> Middleware:
+    """Holds every answer until the resourceVersion it may reflect is on disk: a write is acknowledged,
+    and a read shows a version, only once a crash can no longer lose it."""
+
+    @web.middleware
+    async def durable(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        response = await handler(request)
+        await persistence.wait_durable(int(store.resource_version))
+        return response
+
+    return durable
+
+
 def create_app(
     store: Store,
     *,
     admission: AdmissionChain | None = None,
     watch_timeout: float = 1800.0,
     bookmark_interval: float = 60.0,
+    persistence: Persistence | None = None,
 ) -> web.Application:
     """The kube-local API as an aiohttp application over ``store``.
 
     ``watch_timeout`` bounds a watch without ``timeoutSeconds``; ``bookmark_interval`` is how
-    often an idle watch with ``allowWatchBookmarks`` gets a BOOKMARK.
+    often an idle watch with ``allowWatchBookmarks`` gets a BOOKMARK; with ``persistence`` every answer
+    waits until what it reflects is durable.
     """
-    app = web.Application(middlewares=[_errors_middleware], client_max_size=MAX_BODY_BYTES)
+    middlewares: list[Middleware] = [_errors_middleware]
+    if persistence is not None:
+        middlewares.insert(0, _durable_middleware(store, persistence))  # outermost: errors are answers too
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
     chain = admission if admission is not None else AdmissionChain()
     app[STORE_KEY] = store
     app[ADMISSION_KEY] = chain
@@ -106,9 +127,10 @@ def create_app(
 class KubeLocal:
     """kube-local on the running event loop.
 
-    ``state_dir`` turns on persistence (``<state_dir>/state.json``, loaded at start, saved after
-    writes and on stop); ``history_size`` bounds the watch event history (older resumes get 410);
-    ``watch_queue_size`` bounds each watcher's backlog before it is closed as too slow.
+    ``state_dir`` turns on persistence (``<state_dir>/state.db``, loaded at start; a write is answered
+    once it is on disk, see :mod:`sim.kubelocal.persistence`); ``history_size`` bounds the watch event
+    history (older resumes get 410); ``watch_queue_size`` bounds each watcher's
+    backlog before it is closed as too slow.
     """
 
     def __init__(
@@ -121,7 +143,6 @@ class KubeLocal:
         admission: AdmissionChain | None = None,
         watch_timeout: float = 1800.0,
         bookmark_interval: float = 60.0,
-        persist_debounce: float = 0.2,
     ) -> None:
         self.store = (
             store
@@ -129,9 +150,7 @@ class KubeLocal:
             else Store(history_size=history_size, watch_queue_size=watch_queue_size)
         )
         self.admission = admission if admission is not None else AdmissionChain()
-        self._persistence = (
-            Persistence(self.store, state_dir, debounce=persist_debounce) if state_dir is not None else None
-        )
+        self._persistence = Persistence(self.store, state_dir) if state_dir is not None else None
         self._watch_timeout = watch_timeout
         self._bookmark_interval = bookmark_interval
         self._runner: web.AppRunner | None = None
@@ -143,11 +162,13 @@ class KubeLocal:
             raise RuntimeError("kube-local is already started")
         if self._persistence is not None:
             self._persistence.load()
+            self._persistence.attach(asyncio.get_running_loop())
         app = create_app(
             self.store,
             admission=self.admission,
             watch_timeout=self._watch_timeout,
             bookmark_interval=self._bookmark_interval,
+            persistence=self._persistence,
         )
         runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0, access_log=None)
         try:
@@ -160,15 +181,18 @@ class KubeLocal:
                 await self._persistence.close()
             raise
         self._runner = runner
-        if self._persistence is not None:
-            self._persistence.attach(asyncio.get_running_loop())
         bound_port = runner.addresses[0][1]
         url_host = f"[{host}]" if ":" in host else host
         self.url = f"http://{url_host}:{bound_port}"
         return self.url
 
+    @property
+    def state_notes(self) -> list[tuple[str, dict[str, Any]]]:
+        """What loading ``state_dir`` found worth logging (an unclean stop, a migration)."""
+        return list(self._persistence.notes) if self._persistence is not None else []
+
     async def stop(self) -> None:
-        """Ends every watch, stops serving and flushes the state file."""
+        """Ends every watch, stops serving and closes the state file cleanly."""
         runner, self._runner = self._runner, None
         if runner is None:
             return
@@ -182,7 +206,7 @@ class KubeLocalThread:
     """kube-local on its own event loop in a daemon thread, for synchronous callers.
 
     ``KubeLocalThread(state_dir=...).start()`` returns the URL (also ``.url``); ``.close()`` stops
-    it and flushes state. Keyword arguments are those of :class:`KubeLocal`.
+    it and closes the state file. Keyword arguments are those of :class:`KubeLocal`.
     """
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, **options: Any) -> None:

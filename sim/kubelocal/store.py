@@ -10,7 +10,8 @@ before changing anything. Every write stores a new dict.
 
 Every committed write bumps the counter by one and appends exactly one event to the bounded
 history, so events with ``resourceVersion > N`` can be replayed for a watch resuming at ``N`` as
-long as ``N`` is not older than the oldest retained event.
+long as ``N`` is not older than the oldest retained event and not in a lost range (resourceVersions
+handed out before a crash but never made durable, see :meth:`Store.restore`).
 
 Lists answer in (namespace, name) order. Each resource keeps its keys in that order (``_ResourceIndex``)
 and indexes every object by label (key, value) and by the few fields in ``INDEXED_FIELDS``, so a list
@@ -293,8 +294,13 @@ class Store:
         self._rv = 0
         self._history: deque[WatchEvent] = deque(maxlen=history_size)
         self._history_start = 0  # events with rv > this are all in the history
+        # (after, upto]: resourceVersions a crash lost; a watcher that saw one must re-list.
+        self._lost: list[tuple[int, int]] = []
+        #: Writes beyond this resourceVersion are refused (429) until persistence raises it, so no
+        #: resourceVersion is ever handed out that a restart could hand out again (None: no limit).
+        self.rv_ceiling: int | None = None
         self._watchers: set[Watcher] = set()
-        self._listeners: list[Callable[[], None]] = []
+        self._listeners: list[Callable[[WatchEvent], None]] = []
         self._bootstrap()
 
     # --- reads -----------------------------------------------------------------------------------
@@ -307,6 +313,19 @@ class Store:
     def oldest_resumable(self) -> int:
         """The oldest resourceVersion a watch may resume from."""
         return self._history_start
+
+    @property
+    def lost_ranges(self) -> list[tuple[int, int]]:
+        return list(self._lost)
+
+    @property
+    def history(self) -> list[WatchEvent]:
+        return list(self._history)
+
+    def all_objects(self) -> Iterable[tuple[ResourceType, Obj]]:
+        for rt in ALL_RESOURCES:
+            for obj in self._objects[rt.key].objects.values():
+                yield rt, obj
 
     def get(self, rt: ResourceType, namespace: str, name: str) -> Obj:
         obj = self._objects[rt.key].objects.get((namespace if rt.namespaced else "", name))
@@ -338,8 +357,7 @@ class Store:
             raise errors.already_exists(rt.plural, name, rt.group)
         if dry_run:
             return obj
-        self._rv += 1
-        meta(obj)["resourceVersion"] = str(self._rv)
+        meta(obj)["resourceVersion"] = str(self._next_rv())
         self._objects[rt.key].put(key, obj)
         self._emit(WatchEvent(self._rv, "ADDED", rt, obj))
         return obj
@@ -358,8 +376,7 @@ class Store:
             return self._remove(rt, current, obj, dry_run=dry_run)
         if dry_run:
             return obj
-        self._rv += 1
-        md["resourceVersion"] = str(self._rv)
+        md["resourceVersion"] = str(self._next_rv())
         self._objects[rt.key].put((namespace if rt.namespaced else "", name), obj)
         self._emit(WatchEvent(self._rv, "MODIFIED", rt, obj, current))
         return obj
@@ -376,12 +393,18 @@ class Store:
     def _remove(self, rt: ResourceType, current: Obj, final: Obj, *, dry_run: bool) -> Obj:
         if dry_run:
             return final
-        self._rv += 1
-        meta(final)["resourceVersion"] = str(self._rv)
+        meta(final)["resourceVersion"] = str(self._next_rv())
         namespace, name = object_key(current)
         self._objects[rt.key].remove((namespace if rt.namespaced else "", name))
         self._emit(WatchEvent(self._rv, "DELETED", rt, final))
         return final
+
+    def _next_rv(self) -> int:
+        if self.rv_ceiling is not None and self._rv >= self.rv_ceiling:
+            # Only reachable when the disk has fallen thousands of writes behind.
+            raise errors.ApiError(429, "TooManyRequests", "storage is behind, retry the write")
+        self._rv += 1
+        return self._rv
 
     def namespaced_objects(self, namespace: str) -> list[tuple[ResourceType, Obj]]:
         return [
@@ -399,7 +422,7 @@ class Store:
             if not watcher.offer(event):
                 self._watchers.discard(watcher)
         for listener in self._listeners:
-            listener()
+            listener(event)
 
     # --- watch -----------------------------------------------------------------------------------
 
@@ -413,14 +436,19 @@ class Store:
             items, _ = self.list_objects(flt)
             initial = [encode_line({"type": "ADDED", "object": obj}) for obj in items]
         else:
-            if since < self._history_start:
+            if since < self._history_start or any(lo < since <= hi for lo, hi in self._lost):
                 raise errors.expired(since, self._history_start)
             if since > self._rv:
                 raise errors.ApiError(
                     504, "Timeout", f"Too large resource version: {since}, current: {self._rv}"
                 )
-            first = self._history[0].rv if self._history else self._rv + 1
-            skip = max(0, since + 1 - first)
+            # Counted from the newest event: cheap for the usual resume near the head, and right
+            # when the history skips a lost range.
+            skip = len(self._history)
+            for event in reversed(self._history):
+                if event.rv <= since:
+                    break
+                skip -= 1
             initial = []
             for event in itertools.islice(self._history, skip, None):
                 event_type = flt.classify(event)
@@ -442,8 +470,8 @@ class Store:
     def watcher_count(self) -> int:
         return len(self._watchers)
 
-    def add_listener(self, listener: Callable[[], None]) -> None:
-        """``listener()`` runs after every committed write (persistence hooks in here)."""
+    def add_listener(self, listener: Callable[[WatchEvent], None]) -> None:
+        """``listener(event)`` runs after every committed write (persistence hooks in here)."""
         self._listeners.append(listener)
 
     # --- persistence -----------------------------------------------------------------------------
@@ -490,6 +518,29 @@ class Store:
         self._rv = rv
         self._history.clear()
         self._history_start = rv
+        self._lost = []
+        self._bootstrap()
+
+    def restore(
+        self,
+        objects: Iterable[tuple[ResourceType, Obj]],
+        events: Iterable[WatchEvent],
+        rv: int,
+        lost: Iterable[tuple[int, int]] = (),
+    ) -> None:
+        """Replaces the contents with persisted state: the objects, the retained event history (oldest
+        first) and the counter. ``lost`` ranges ``(after, upto]`` answer 410 to a watch resuming in them."""
+        indexes: dict[str, _ResourceIndex] = {rt.key: _ResourceIndex(rt) for rt in ALL_RESOURCES}
+        for rt, obj in objects:
+            namespace, name = object_key(obj)
+            indexes[rt.key].put((namespace if rt.namespaced else "", name), obj)
+        self.close_watchers("reset")
+        self._objects = indexes
+        self._history.clear()
+        self._history.extend(events)
+        self._rv = max(rv, self._history[-1].rv if self._history else 0)
+        self._history_start = self._history[0].rv - 1 if self._history else self._rv
+        self._lost = [(lo, hi) for lo, hi in lost if hi > self._history_start]
         self._bootstrap()
 
     def _bootstrap(self) -> None:
