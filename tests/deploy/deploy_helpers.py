@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import subprocess
@@ -95,6 +96,25 @@ OUR_IMAGES = {
     "kube-vgpu/monitor": "kube-vgpu-monitor",
 }
 WORKLOAD_KINDS = ("Deployment", "DaemonSet", "Job", "StatefulSet", "Pod")
+#: Images whose Dockerfile runs as root: the device plugin writes the kubelet's socket dir and host paths and
+#: needs privileged NVML access. Every other image runs as a numeric non-root user.
+ROOT_IMAGES = frozenset({"device-plugin"})
+#: Every certificate component with every subset of the optional ones.
+COMBINATIONS = [
+    (cert, *optional)
+    for cert in CERT_COMPONENTS
+    for size in range(len(OPTIONAL_COMPONENTS) + 1)
+    for optional in itertools.combinations(OPTIONAL_COMPONENTS, size)
+]
+
+
+def combo_dir(scratch: Path, combo: tuple[str, ...], namespace_layer: Path | None = None) -> Path:
+    """A kustomization of base (or `namespace_layer`) with the components of `combo`."""
+    return write_kustomization(
+        scratch / ("combo-" + "+".join(combo) + ("-ns" if namespace_layer else "")),
+        resources=[namespace_layer or BASE],
+        components=[COMPONENTS / name for name in combo],
+    )
 
 
 def group_of(obj: Obj) -> str:

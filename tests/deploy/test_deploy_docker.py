@@ -14,13 +14,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from deploy_helpers import DEPLOY, OUR_IMAGES, OVERLAYS, REPO, Render, by_kind, containers, image_name
+from deploy_helpers import (
+    DEPLOY,
+    OUR_IMAGES,
+    OVERLAYS,
+    REPO,
+    ROOT_IMAGES,
+    Render,
+    by_kind,
+    containers,
+    image_name,
+)
 from packaging.specifiers import SpecifierSet
 
 DOCKER = DEPLOY / "docker"
 SERVICE_IMAGES = {name.split("/")[1]: script for name, script in OUR_IMAGES.items()}
 ALL_IMAGES = [*SERVICE_IMAGES, "libvgpu"]
-ROOT_IMAGES = {"device-plugin"}  # writes the kubelet's socket dir and host paths, privileged NVML access
 
 
 @dataclass

@@ -4,7 +4,6 @@ together: names, namespaces, selectors, Secrets and ConfigMaps referenced by the
 
 from __future__ import annotations
 
-import itertools
 import json
 import re
 import tomllib
@@ -15,6 +14,7 @@ import yaml
 from deploy_helpers import (
     BASE,
     CERT_COMPONENTS,
+    COMBINATIONS,
     COMPONENTS,
     CRD_GROUPS,
     DEPLOY,
@@ -28,6 +28,7 @@ from deploy_helpers import (
     Obj,
     Render,
     by_kind,
+    combo_dir,
     containers,
     find,
     group_of,
@@ -53,20 +54,6 @@ CLUSTER_SCOPED = frozenset(
         "CustomResourceDefinition",
     }
 )
-COMBINATIONS = [
-    (cert, *optional)
-    for cert in CERT_COMPONENTS
-    for size in range(len(OPTIONAL_COMPONENTS) + 1)
-    for optional in itertools.combinations(OPTIONAL_COMPONENTS, size)
-]
-
-
-def combo_dir(scratch: Path, combo: tuple[str, ...], namespace_layer: Path | None = None) -> Path:
-    return write_kustomization(
-        scratch / ("combo-" + "+".join(combo) + ("-ns" if namespace_layer else "")),
-        resources=[namespace_layer or BASE],
-        components=[COMPONENTS / name for name in combo],
-    )
 
 
 @pytest.fixture(scope="module", autouse=True)
