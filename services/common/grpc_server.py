@@ -29,11 +29,12 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 __all__ = [
     "HEALTH_SERVICE_NAME",
     "REFLECTION_SERVICE_NAME",
+    "REFLECTION_V1_SERVICE_NAME",
     "GrpcServerHandle",
     "ServiceRegistration",
     "build_server",
@@ -42,6 +43,10 @@ __all__ = [
 
 HEALTH_SERVICE_NAME: str = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 REFLECTION_SERVICE_NAME: str = reflection.SERVICE_NAME
+# grpc.reflection.v1 is what current clients (grpcurl, grpcui, Postman) ask for first. Its messages are
+# wire-identical to v1alpha's, whose implementation grpcio-reflection ships, so one servicer answers under
+# both names.
+REFLECTION_V1_SERVICE_NAME: str = "grpc.reflection.v1.ServerReflection"
 
 _DEFAULT_OPTIONS: tuple[tuple[str, Any], ...] = (("grpc.so_reuseport", 0),)
 
@@ -171,6 +176,20 @@ class GrpcServerHandle:
         await self.stop()
 
 
+def _enable_reflection(names: Sequence[str], server: grpc.aio.Server) -> None:
+    """Server reflection under v1alpha and v1, one servicer behind both."""
+    servicer = reflection.aio.ReflectionServicer(list(names))
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    v1 = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(REFLECTION_V1_SERVICE_NAME, {"ServerReflectionInfo": v1}),)
+    )
+
+
 def build_server(
     services: Sequence[ServiceSpec],
     address: str,
@@ -190,7 +209,7 @@ def build_server(
     """
     registrations = [s if isinstance(s, ServiceRegistration) else ServiceRegistration(*s) for s in services]
     names = [r.service_name for r in registrations]
-    reserved = {HEALTH_SERVICE_NAME, REFLECTION_SERVICE_NAME}
+    reserved = {HEALTH_SERVICE_NAME, REFLECTION_SERVICE_NAME, REFLECTION_V1_SERVICE_NAME}
     if len(set(names)) != len(names) or reserved & set(names):
         raise ValueError(f"duplicate or reserved service names in {names}")
 
@@ -208,7 +227,9 @@ def build_server(
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     if reflection_enabled:
-        reflection.enable_server_reflection([*names, HEALTH_SERVICE_NAME, REFLECTION_SERVICE_NAME], server)
+        _enable_reflection(
+            [*names, HEALTH_SERVICE_NAME, REFLECTION_V1_SERVICE_NAME, REFLECTION_SERVICE_NAME], server
+        )
 
     socket_path = unix_socket_path(address)
     if socket_path is not None:

@@ -19,6 +19,7 @@ from kubevgpu.kubelet.deviceplugin.v1beta1 import api_pb2, api_pb2_grpc
 from services.common.grpc_server import (
     HEALTH_SERVICE_NAME,
     REFLECTION_SERVICE_NAME,
+    REFLECTION_V1_SERVICE_NAME,
     GrpcServerHandle,
     ServiceRegistration,
     build_server,
@@ -90,7 +91,7 @@ async def test_unix_server_health_reflection_and_rpc(unix_server: GrpcServerHand
 
         listed = await reflection_request(channel, reflection_pb2.ServerReflectionRequest(list_services=""))
         names = {s.name for s in listed.list_services_response.service}
-        assert names == {SERVICE, HEALTH_SERVICE_NAME, REFLECTION_SERVICE_NAME}
+        assert names == {SERVICE, HEALTH_SERVICE_NAME, REFLECTION_SERVICE_NAME, REFLECTION_V1_SERVICE_NAME}
 
         by_symbol = await reflection_request(
             channel, reflection_pb2.ServerReflectionRequest(file_containing_symbol=SERVICE)
@@ -115,6 +116,26 @@ async def test_unix_server_health_reflection_and_rpc(unix_server: GrpcServerHand
         with pytest.raises(grpc.aio.AioRpcError) as unimplemented:
             await api_pb2_grpc.DevicePluginStub(channel).Allocate(api_pb2.AllocateRequest(), timeout=5)
         assert unimplemented.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_reflection_v1_answers_as_v1alpha_does(unix_server: GrpcServerHandle) -> None:
+    """grpc.reflection.v1 (what grpcurl asks for first), by its method path: the messages are wire-identical
+    to v1alpha's, so the v1alpha classes encode and decode them here."""
+    async with grpc.aio.insecure_channel(unix_server.target) as channel:
+        info = channel.stream_stream(
+            f"/{REFLECTION_V1_SERVICE_NAME}/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        requests = [
+            reflection_pb2.ServerReflectionRequest(list_services=""),
+            reflection_pb2.ServerReflectionRequest(file_containing_symbol=SERVICE),
+        ]
+        listed, by_symbol = [r async for r in info(iter(requests), timeout=5)]
+    names = {s.name for s in listed.list_services_response.service}
+    assert {SERVICE, REFLECTION_V1_SERVICE_NAME} <= names
+    files = by_symbol.file_descriptor_response.file_descriptor_proto
+    assert files and b"kubevgpu/kubelet/deviceplugin/v1beta1/api.proto" in files[0]
 
 
 async def test_stop_reports_not_serving_then_closes_socket(sock_dir: Path) -> None:
