@@ -302,8 +302,10 @@ class KubeletStandIn:
         except grpc.RpcError as exc:
             log.warning("plugin_stream_ended", resource=plugin.resource, error=str(exc))
         if self.plugins.get(plugin.resource) is plugin:
-            # The plugin went away: its devices cannot be handed out until it registers again.
+            # The plugin went away: its devices cannot be handed out until it registers again, and a pod
+            # admitted meanwhile waits for that (as at start) instead of finding 0 devices and failing.
             plugin.devices = {}
+            plugin.synced.clear()
             await self._notify()
 
     async def _notify(self) -> None:

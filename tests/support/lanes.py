@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parents[1]
-SLOW_DIRS = ("integration", "deploy", "libvgpu")
+SLOW_DIRS = ("integration", "deploy", "libvgpu", "chaos")
 
 
 def is_slow_path(path: Path) -> bool:

@@ -17,6 +17,7 @@ from tests.support.lanes import TESTS, is_slow_path
         ("integration/test_local_mode.py", True),
         ("deploy/test_deploy_render.py", True),
         ("libvgpu/test_libvgpu_sm.py", True),
+        ("chaos/test_chaos_suite.py", True),
         ("unit/scheduler/test_fit_pod.py", False),
         ("kubelocal/test_kubelocal_crud.py", False),
         ("contract/test_kubelet_wire.py", False),
@@ -42,6 +43,6 @@ def test_fast_lane_collection_leaves_out_exactly_the_slow_directories() -> None:
     ).stdout
     collected = [line.split("::")[0] for line in out.splitlines() if "::" in line]
     assert collected, out[-2000:]
-    assert not [p for p in collected if p.split("/")[1] in {"integration", "deploy", "libvgpu"}]
+    assert not [p for p in collected if p.split("/")[1] in {"integration", "deploy", "libvgpu", "chaos"}]
     assert any(p.startswith("tests/unit/") for p in collected)
     assert any(p.startswith("tests/kubelocal/") for p in collected)

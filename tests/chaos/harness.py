@@ -1,0 +1,266 @@
+"""The chaos suite's harness: a real local-mode suite started in-process as `kube-vgpu-local up` starts it,
+supervised the way its `up` loop supervises it, plus an observer that checks the cheap invariants
+continuously while faults are injected."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import ssl
+import threading
+import time
+import traceback
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from services.common.kube import new_api_client
+from sim.local.cli import register_cluster
+from sim.local.cluster import LocalCluster, load_cluster
+from sim.local.suite import ManagedProcess, Suite
+from tests.chaos.invariants import locks_held_too_long, overcommitted_cards
+
+NAMESPACE = "chaos"
+NODE_LOCK_TTL_SECONDS = 30.0  # the scheduler's default node_lock_ttl_seconds
+SUPERVISE_PERIOD_SECONDS = 0.5  # as `kube-vgpu-local up` calls Suite.supervise
+API_ERRORS = (OSError, urllib.error.URLError, ssl.SSLError, json.JSONDecodeError)
+
+Obj = dict[str, Any]
+
+
+class ApiError(RuntimeError):
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(f"HTTP {status}: {body[:300]}")
+        self.status = status
+
+
+def resource_version(obj: Obj) -> int:
+    return int((obj.get("metadata") or {}).get("resourceVersion") or 0)
+
+
+@dataclass
+class Api:
+    """Plain JSON over HTTP to kube-local: every answer's status is visible, so a 201 is an acknowledged
+    write and nothing is retried behind the test's back."""
+
+    url: str
+    timeout: float = 10.0
+
+    def call(self, method: str, path: str, body: Obj | None = None) -> tuple[int, Obj]:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(
+            self.url + path, data=data, method=method, headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as resp:
+                return resp.status, json.loads(resp.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            raise ApiError(exc.code, exc.read().decode(errors="replace")) from None
+
+    def list(self, path: str) -> tuple[list[Obj], int]:
+        _, answer = self.call("GET", path)
+        return list(answer.get("items") or []), resource_version(answer)
+
+
+@dataclass
+class Observer:
+    """Polls nodes and pods while the scenario runs: over-committed cards, locks held past their TTL and a
+    list resourceVersion lower than one already seen are recorded against the fault in progress."""
+
+    api: Api
+    period: float = 0.5
+    phase: str = "setup"
+    violations: dict[str, list[str]] = field(default_factory=dict)
+    highest_rv: int = 0
+    polls: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record(self, violation: str) -> None:
+        with self._lock:
+            found = self.violations.setdefault(self.phase, [])
+            if violation not in found:
+                found.append(violation)
+
+    def saw_resource_version(self, rv: int, what: str) -> None:
+        with self._lock:
+            highest = self.highest_rv
+            self.highest_rv = max(highest, rv)
+        if rv < highest:
+            self.record(f"resourceVersion went backwards: {what} at {rv} after {highest} was seen")
+
+    def check_once(self) -> None:
+        nodes, nodes_rv = self.api.list("/api/v1/nodes")
+        pods, pods_rv = self.api.list(f"/api/v1/namespaces/{NAMESPACE}/pods")
+        self.saw_resource_version(nodes_rv, "node list")
+        self.saw_resource_version(pods_rv, "pod list")
+        for violation in overcommitted_cards(nodes, pods):
+            self.record(violation)
+        for violation in locks_held_too_long(nodes, datetime.now(UTC), NODE_LOCK_TTL_SECONDS):
+            self.record(violation)
+        self.polls += 1
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            try:
+                self.check_once()
+            except (*API_ERRORS, ApiError):
+                continue  # kube-local is down: nothing to read, the fault's own checks cover it
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="chaos-observer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+
+@dataclass
+class Supervisor:
+    """`kube-vgpu-local up`'s loop in a thread: Suite.supervise every 0.5 s, and the cluster registered again
+    when kube-local was restarted."""
+
+    suite: Suite
+    cluster: LocalCluster
+    restarts: list[tuple[float, str]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(SUPERVISE_PERIOD_SECONDS):
+            try:
+                restarted = self.suite.supervise()
+                if "kube-local" in restarted:
+                    with new_api_client(self.suite.admin) as api:
+                        register_cluster(api, self.cluster)
+            except Exception:  # a supervisor that dies would turn every later fault into a hang
+                self.errors.append(traceback.format_exc(limit=5))
+                continue
+            self.restarts.extend((time.monotonic(), name) for name in restarted)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="chaos-supervisor", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=120)
+
+
+@dataclass
+class ChaosSuite:
+    suite: Suite
+    cluster: LocalCluster
+    api: Api
+    supervisor: Supervisor
+    observer: Observer
+
+    def process(self, name: str) -> ManagedProcess:
+        return next(p for p in self.suite.processes if p.name == name)
+
+    def kill(self, name: str) -> int:
+        """SIGKILL the child (no cleanup of any kind, as a crash or an OOM kill); its old pid."""
+        process = self.process(name)
+        assert process.proc is not None and process.alive(), f"{name} is not running"
+        pid = process.proc.pid
+        os.kill(pid, signal.SIGKILL)
+        return pid
+
+    def restarted_since(self, name: str, old_pid: int) -> bool:
+        process = self.process(name)
+        return process.proc is not None and process.proc.pid != old_pid and process.alive()
+
+    def log_count(self, name: str, needle: str) -> int:
+        try:
+            return self.process(name).log_path.read_text(errors="replace").count(needle)
+        except OSError:
+            return 0
+
+    def scheduler_metrics(self) -> dict[str, list[tuple[dict[str, str], float]]]:
+        return scrape(self.suite.scheduler_metrics)
+
+    def monitor_series(self, node: str) -> set[tuple[str, str]]:
+        """(pod, container) of the `hami_vgpu_memory_limit_bytes` series node's monitor serves."""
+        samples = scrape(self.suite.monitors[node][0]).get("hami_vgpu_memory_limit_bytes", [])
+        return {(labels.get("pod", ""), labels.get("container", "")) for labels, _ in samples}
+
+    def webhook_ready(self) -> bool:
+        assert self.suite.webhook_registration is not None
+        url, ca_pem = self.suite.webhook_registration
+        context = ssl.create_default_context(cadata=ca_pem.decode())
+        with urllib.request.urlopen(
+            url.removesuffix("/webhook") + "/readyz", timeout=2, context=context
+        ) as r:
+            return bool(r.status == 200)
+
+
+def scrape(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        text = resp.read().decode()
+    families: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            families.setdefault(sample.name, []).append((dict(sample.labels), float(sample.value)))
+    return families
+
+
+def http_ok(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=2) as resp:
+        return bool(resp.status == 200)
+
+
+def wait_for(check: Callable[[], bool], timeout: float, period: float = 0.2) -> float | None:
+    """Seconds until `check()` held (errors count as not yet), or None after `timeout`."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        try:
+            if check():
+                return time.monotonic() - started
+        except (*API_ERRORS, ApiError):
+            pass
+        time.sleep(period)
+    return None
+
+
+@contextmanager
+def chaos_suite(run_dir: Path, cluster_file: Path) -> Iterator[ChaosSuite]:
+    """kube-local (with a state dir), webhook, extender, kube-scheduler stand-in, and per GPU node a kubelet
+    stand-in, device plugin and monitor, each its own process; supervised and observed until exit."""
+    cluster = load_cluster(cluster_file)
+    suite = Suite(
+        run_dir=run_dir / "run",
+        kube_local_port=0,
+        state_dir=str(run_dir / "state"),
+    )
+    supervisor = Supervisor(suite, cluster)
+    observer: Observer | None = None
+    try:
+        admin = suite.start_api()
+        with new_api_client(admin) as api:
+            register_cluster(api, cluster)
+        suite.start_control_plane()
+        suite.start_nodes(cluster_file.resolve(), [n.name for n in cluster.nodes if n.gpus])
+        rest = Api(suite.url)
+        rest.call("POST", "/api/v1/namespaces", {"metadata": {"name": NAMESPACE}})
+        observer = Observer(rest)
+        supervisor.start()
+        observer.start()
+        yield ChaosSuite(suite, cluster, rest, supervisor, observer)
+    finally:
+        if observer is not None:
+            observer.stop()
+        supervisor.stop()
+        suite.stop()
