@@ -118,6 +118,7 @@ def up(args: argparse.Namespace) -> int:
             register_cluster(api, cluster)
             print(cluster_summary(api, suite), flush=True)
             if not args.api_only:
+                suite.write_device_config(cluster.device_split_count)
                 suite.start_control_plane()
                 suite.start_nodes(Path(args.cluster).resolve(), [n.name for n in cluster.nodes if n.gpus])
                 kube_scheduler_kind = "kube-scheduler" if suite.real else "kube-scheduler stand-in"

@@ -203,6 +203,7 @@ class Suite:
     admin: KubeAccess = field(default_factory=KubeAccess)
     kubeconfig: Path | None = None  # admin kubeconfig of the real control plane, for kubectl
     webhook_registration: tuple[str, bytes] | None = None  # (URL, CA bundle) once the webhook is up
+    device_config: Path | None = None  # the one device-config.yaml every component reads
     scheduler_metrics: str = ""
 
     def _process(self, name: str, argv: list[str]) -> ManagedProcess:
@@ -275,8 +276,18 @@ class Suite:
         wait_until("kube-local", lambda: http_ok(f"{self.url}/readyz"), process)
         return self.url
 
+    def write_device_config(self, device_split_count: int) -> Path:
+        """HAMi's device-config.yaml with the cluster file's split count, for the webhook, the extender and
+        every device plugin alike: a plugin left on its default would register a different number of shares
+        per card than the nodes local mode registers (and re-registers after a kube-local restart)."""
+        self.device_config = self._write_config(
+            "device-config.yaml", {"nvidia": {"deviceSplitCount": device_split_count}}
+        )
+        return self.device_config
+
     def start_control_plane(self, device_config: Path | None = None) -> None:
         """Webhook (HTTPS) + scheduler extender + kube-scheduler stand-in, and the webhook registration."""
+        device_config = device_config or self.device_config
         tls_dir = self.run_dir / "tls"
         ca, cert, key = issue_serving_certificate([self.host, "localhost", EXTENDER_SERVER_NAME]).write(
             tls_dir
@@ -395,6 +406,7 @@ class Suite:
                     str(node_dir / "hook"),
                     "--vgpulock-dir",
                     str(node_dir / "vgpulock"),
+                    *(["--device-config-file", str(self.device_config)] if self.device_config else []),
                     "--grpc-bind",
                     f"{self.host}:0",
                     *self._kube_flags(NODE_AGENT_SA),

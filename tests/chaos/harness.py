@@ -251,6 +251,7 @@ def chaos_suite(run_dir: Path, cluster_file: Path) -> Iterator[ChaosSuite]:
         admin = suite.start_api()
         with new_api_client(admin) as api:
             register_cluster(api, cluster)
+        suite.write_device_config(cluster.device_split_count)
         suite.start_control_plane()
         suite.start_nodes(cluster_file.resolve(), [n.name for n in cluster.nodes if n.gpus])
         rest = Api(suite.url)
