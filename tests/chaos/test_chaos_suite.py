@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -94,6 +95,7 @@ class Scenario:
         self.rng = random.Random(seed)
         self.acknowledged: dict[str, int] = {}  # pod name -> resourceVersion of its 201
         self.outcomes: list[FaultOutcome] = []
+        self.killed: Counter[str] = Counter()  # process name -> kills injected
 
     # --- pods ----------------------------------------------------------------------------------------
 
@@ -127,6 +129,7 @@ class Scenario:
         self.create_pods(outcome, CREATED_BEFORE_KILL)
         killed_at = time.monotonic()
         old_pid = self.chaos.kill(process)
+        self.killed[process] += 1
         self.create_pods(outcome, PODS_PER_FAULT - CREATED_BEFORE_KILL)
         self._recover(outcome, process, old_pid, killed_at, serving)
         self._settle(outcome)
@@ -140,6 +143,7 @@ class Scenario:
         self.create_pods(outcome, PODS_PER_FAULT)
         killed_at = time.monotonic()
         old_pid = self.chaos.kill("kube-local")
+        self.killed["kube-local"] += 1
         self._recover(outcome, "kube-local", old_pid, killed_at, lambda: http_ok(f"{self.api.url}/readyz"))
         if outcome.recovery_s is not None:
             items, list_rv = self.api.list(f"/api/v1/namespaces/{NAMESPACE}/pods")
@@ -178,6 +182,14 @@ class Scenario:
         outcome.violations.extend(overcommitted_cards(nodes, pods))
         outcome.violations.extend(locks_held_too_long(nodes, datetime.now(UTC), NODE_LOCK_TTL_SECONDS))
         outcome.violations.extend(self.chaos.observer.violations.get(outcome.fault, []))
+        # Every other process rode out the fault: one that died on its own (a connection error during an
+        # outage, say) would have been restarted by the supervisor, which must not hide it.
+        for process in self.chaos.suite.processes:
+            if process.restarts > self.killed[process.name]:
+                outcome.violations.append(
+                    f"{process.name} restarted {process.restarts} time(s) but was killed "
+                    f"{self.killed[process.name]}: it died on its own; last lines:\n{process.tail(10)}"
+                )
         self.outcomes.append(outcome)
 
     # --- the end: everything deleted ------------------------------------------------------------------
