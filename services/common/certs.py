@@ -39,30 +39,33 @@ class ServingCertificate:
         return ca, cert, key
 
 
-def _san(host: str) -> x509.GeneralName:
+# Certificates are valid from a little before "now", so a peer whose clock is slightly behind accepts them.
+BACKDATE = datetime.timedelta(minutes=5)
+
+
+def subject_alt_name(host: str) -> x509.GeneralName:
+    """An IP address SAN for an address, a DNS SAN for anything else."""
     try:
         return x509.IPAddress(ipaddress.ip_address(host))
     except ValueError:
         return x509.DNSName(host)
 
 
-def issue_serving_certificate(
-    hosts: Sequence[str], *, common_name: str = "kube-vgpu", days: int = 365
-) -> ServingCertificate:
-    """A fresh CA and a serving certificate for `hosts` (DNS names or IP addresses), signed by it."""
-    if not hosts:
-        raise ValueError("a serving certificate needs at least one host")
+def new_certificate_authority(
+    common_name: str, validity: datetime.timedelta
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A self-signed CA (P-256) that may sign leaf certificates only (path length 0)."""
     now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{common_name}-ca")])
-    ca_cert = (
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    cert = (
         x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=days))
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(now + validity)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -78,8 +81,21 @@ def issue_serving_certificate(
             ),
             critical=True,
         )
-        .sign(ca_key, hashes.SHA256())
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
     )
+    return key, cert
+
+
+def issue_serving_certificate(
+    hosts: Sequence[str], *, common_name: str = "kube-vgpu", days: int = 365
+) -> ServingCertificate:
+    """A fresh CA and a serving certificate for `hosts` (DNS names or IP addresses), signed by it."""
+    if not hosts:
+        raise ValueError("a serving certificate needs at least one host")
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key, ca_cert = new_certificate_authority(f"{common_name}-ca", datetime.timedelta(days=days))
+    ca_name = ca_cert.subject
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
         x509.CertificateBuilder()
@@ -87,9 +103,9 @@ def issue_serving_certificate(
         .issuer_name(ca_name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_before(now - BACKDATE)
         .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName([_san(h) for h in hosts]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([subject_alt_name(h) for h in hosts]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256())

@@ -9,7 +9,6 @@ Client certificates authenticate as CN = user and O = groups, which is how the A
 from __future__ import annotations
 
 import datetime
-import ipaddress
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,10 +19,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from services.common.certs import BACKDATE, new_certificate_authority, subject_alt_name
+
 # A test control plane lives for minutes; a day leaves room for a long debugging session.
 _VALIDITY = datetime.timedelta(days=1)
-# Tolerates a little clock skew between the moment we sign and the moment a Go process first checks.
-_BACKDATE = datetime.timedelta(minutes=5)
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -36,13 +35,6 @@ def _key_pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-
-
-def _san(host: str) -> x509.GeneralName:
-    try:
-        return x509.IPAddress(ipaddress.ip_address(host))
-    except ValueError:
-        return x509.DNSName(host)
 
 
 @dataclass(frozen=True)
@@ -59,35 +51,8 @@ class ClusterAuthority:
     def __init__(self, directory: Path, *, common_name: str = "kube-vgpu-controlplane-ca") -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
-        now = datetime.datetime.now(datetime.UTC)
-        self._key = ec.generate_private_key(ec.SECP256R1())
-        self._name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-        self._cert = (
-            x509.CertificateBuilder()
-            .subject_name(self._name)
-            .issuer_name(self._name)
-            .public_key(self._key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - _BACKDATE)
-            .not_valid_after(now + _VALIDITY)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(self._key.public_key()), critical=False)
-            .sign(self._key, hashes.SHA256())
-        )
+        self._key, self._cert = new_certificate_authority(common_name, _VALIDITY)
+        self._name = self._cert.subject
         self.files = CertificateFiles(cert=directory / "ca.crt", key=directory / "ca.key")
         self.files.cert.write_bytes(self.ca_pem)
         _write_private(self.files.key, _key_pem(self._key))
@@ -111,7 +76,7 @@ class ClusterAuthority:
             .issuer_name(self._name)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - _BACKDATE)
+            .not_valid_before(now - BACKDATE)
             .not_valid_after(now + _VALIDITY)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
@@ -135,7 +100,7 @@ class ClusterAuthority:
         )
         if hosts:
             builder = builder.add_extension(
-                x509.SubjectAlternativeName([_san(host) for host in hosts]), critical=False
+                x509.SubjectAlternativeName([subject_alt_name(host) for host in hosts]), critical=False
             )
         cert = builder.sign(self._key, hashes.SHA256())
         files = CertificateFiles(cert=self.directory / f"{name}.crt", key=self.directory / f"{name}.key")
