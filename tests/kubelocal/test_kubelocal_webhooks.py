@@ -12,7 +12,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import trustme
@@ -123,9 +123,38 @@ def webhook(ca: trustme.CA) -> Iterator[Callable[..., WebhookServer]]:
         server.stop()
 
 
+# kube-apiserver applies webhook configurations through an informer, so a pod created right after a
+# create/patch/delete of one may still meet the previous configuration (kube-local applies them at once).
+# Kubernetes' own e2e tests wait for that too; a second is far above what it takes on this machine.
+REAL_SERVER_WEBHOOK_SETTLE_SECONDS = 1.0
+
+
+class _SettlingAdmission:
+    """The admission API, waiting after every change of a webhook configuration until the real server's
+    informer has it."""
+
+    def __init__(self, api: client.AdmissionregistrationV1Api) -> None:
+        self._api = api
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._api, name)
+        if not name.startswith(("create_", "patch_", "replace_", "delete_")):
+            return method
+
+        def settled(*args: Any, **kwargs: Any) -> Any:
+            result = method(*args, **kwargs)
+            time.sleep(REAL_SERVER_WEBHOOK_SETTLE_SECONDS)
+            return result
+
+        return settled
+
+
 @pytest.fixture
-def admission(api_client: client.ApiClient) -> client.AdmissionregistrationV1Api:
-    return client.AdmissionregistrationV1Api(api_client)
+def admission(api_client: client.ApiClient, server_kind: str) -> client.AdmissionregistrationV1Api:
+    api = client.AdmissionregistrationV1Api(api_client)
+    if server_kind == "real":
+        return cast(client.AdmissionregistrationV1Api, _SettlingAdmission(api))
+    return api
 
 
 def configuration(
