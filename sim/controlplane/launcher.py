@@ -106,6 +106,7 @@ class RealControlPlane:
         self._ca: ClusterAuthority | None = None
         self._admin: CertificateFiles | None = None
         self._processes: list[LaunchedProcess] = []
+        self.restarts: dict[str, int] = {}  # program name -> restarts by restart()
         self._node_kubeconfigs: dict[str, Path] = {}
         self._started = False
 
@@ -152,6 +153,43 @@ class RealControlPlane:
         for process in self._processes:
             if not process.alive():
                 raise process.failure("died")
+
+    def restart(self, name: str) -> LaunchedProcess:
+        """Launch program `name` again with its original command line (same ports, certificates and
+        etcd data dir), stopping it first if it still runs; returns once it is healthy again for the
+        apiserver (/readyz), at once for the others. The restarted program keeps its place in the stop
+        order."""
+        index = next((i for i, process in enumerate(self._processes) if process.name == name), None)
+        if index is None:
+            raise ControlPlaneError(f"no control-plane program named {name!r}")
+        old = self._processes[index]
+        old.stop()
+        process = launch(name, old.argv, self._log_dir)
+        self._processes[index] = process
+        self.restarts[name] = self.restarts.get(name, 0) + 1
+        if name == "kube-apiserver":
+            wait_healthy(process, f"{self.url}/readyz", self._tls(), timeout=HEALTH_TIMEOUT_SECONDS)
+        return process
+
+    def supervise(self) -> list[str]:
+        """Restart a dead kube-apiserver (it is stateless: etcd keeps every object, so a relaunch is the
+        whole recovery, as a static pod's restart in a cluster); any other dead program raises, as
+        check_alive does. Returns the names restarted on this call."""
+        if not self._processes:
+            raise ControlPlaneError("the control plane is not running")
+        restarted = []
+        for process in list(self._processes):
+            if process.alive():
+                continue
+            if process.name != "kube-apiserver":
+                raise process.failure("died")
+            self.restart(process.name)
+            restarted.append(process.name)
+        return restarted
+
+    def admin_ssl_context(self) -> ssl.SSLContext:
+        """TLS for admin calls to the apiserver: our CA, and the system:masters client certificate."""
+        return self._tls()
 
     # ----- credentials
 

@@ -31,6 +31,7 @@ class LaunchedProcess:
     name: str
     log_path: Path
     popen: subprocess.Popen[bytes] = field(repr=False)
+    argv: list[str] = field(default_factory=list)  # the command line, so a restart repeats it exactly
 
     @property
     def pid(self) -> int:
@@ -79,7 +80,7 @@ def launch(name: str, argv: Sequence[str], log_dir: Path) -> LaunchedProcess:
             )
         except OSError as error:
             raise ControlPlaneError(f"{name}: cannot start {argv[0]}: {error}") from error
-    return LaunchedProcess(name=name, log_path=log_path, popen=popen)
+    return LaunchedProcess(name=name, log_path=log_path, popen=popen, argv=list(argv))
 
 
 def wait_healthy(

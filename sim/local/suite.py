@@ -505,19 +505,21 @@ class Suite:
                 )
 
     def supervise(self) -> list[str]:
-        """Restart dead children with backoff (the upstream control plane is not ours to restart: its
-        death is an error). A restarted kube-local without --state-dir has lost the webhook registration,
-        which is written again here; the caller re-registers what else it owns (the nodes). Returns the
-        names of the children restarted on this call."""
+        """Restart dead children with backoff; of the upstream control plane only a dead kube-apiserver is
+        relaunched (etcd keeps the data), any other death there is an error. A restarted kube-local
+        without --state-dir has lost the webhook registration, which is written again here; the caller
+        re-registers what else it owns (the nodes). Returns the names of the children (and control-plane
+        programs) restarted on this call."""
+        restarted: list[str] = []
         if self.real is not None:
             from sim.controlplane.launcher import ControlPlaneError
 
             try:
-                self.real.check_alive()
+                restarted += self.real.supervise()
             except ControlPlaneError as exc:
                 raise SuiteError(str(exc)) from exc
         now = time.monotonic()
-        restarted = [process.name for process in self.processes if process.supervise(now)]
+        restarted += [process.name for process in self.processes if process.supervise(now)]
         if "kube-local" in restarted:
             kube_local = self._by_name("kube-local")
             wait_until("kube-local", lambda: http_ok(f"{self.url}/readyz"), kube_local)

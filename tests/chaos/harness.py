@@ -1,6 +1,6 @@
 """The chaos suite's harness: a real local-mode suite started in-process as `kube-vgpu-local up` starts it,
-supervised the way its `up` loop supervises it, plus an observer that checks the cheap invariants
-continuously while faults are injected."""
+on kube-local or on the real upstream control plane, supervised the way its `up` loop supervises it, plus an
+observer that checks the cheap invariants continuously while faults are injected."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.common.kube import new_api_client
+from sim.controlplane.processes import LaunchedProcess
 from sim.local.cli import register_cluster
 from sim.local.cluster import LocalCluster, load_cluster
 from sim.local.suite import ManagedProcess, Suite
@@ -48,11 +49,13 @@ def resource_version(obj: Obj) -> int:
 
 @dataclass
 class Api:
-    """Plain JSON over HTTP to kube-local: every answer's status is visible, so a 201 is an acknowledged
-    write and nothing is retried behind the test's back."""
+    """Plain JSON over HTTP(S) to the API server: every answer's status is visible, so a 201 is an
+    acknowledged write and nothing is retried behind the test's back. `context` carries the real server's
+    CA and admin client certificate."""
 
     url: str
     timeout: float = 10.0
+    context: ssl.SSLContext | None = None
 
     def call(self, method: str, path: str, body: Obj | None = None) -> tuple[int, Obj]:
         data = json.dumps(body).encode() if body is not None else None
@@ -60,7 +63,7 @@ class Api:
             self.url + path, data=data, method=method, headers={"Content-Type": "application/json"}
         )
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as resp:
+            with urllib.request.urlopen(request, timeout=self.timeout, context=self.context) as resp:
                 return resp.status, json.loads(resp.read() or b"{}")
         except urllib.error.HTTPError as exc:
             raise ApiError(exc.code, exc.read().decode(errors="replace")) from None
@@ -68,6 +71,11 @@ class Api:
     def list(self, path: str) -> tuple[list[Obj], int]:
         _, answer = self.call("GET", path)
         return list(answer.get("items") or []), resource_version(answer)
+
+    def ready(self) -> bool:
+        """/readyz answers 200 (its body is plain text, not JSON)."""
+        with urllib.request.urlopen(f"{self.url}/readyz", timeout=2, context=self.context) as resp:
+            return bool(resp.status == 200)
 
 
 @dataclass
@@ -91,18 +99,28 @@ class Observer:
             if violation not in found:
                 found.append(violation)
 
-    def saw_resource_version(self, rv: int, what: str) -> None:
+    def seen(self) -> int:
+        """The highest resourceVersion seen so far: the floor for an answer to a request sent now."""
         with self._lock:
-            highest = self.highest_rv
-            self.highest_rv = max(highest, rv)
+            return self.highest_rv
+
+    def saw_resource_version(self, rv: int, what: str, floor: int | None = None) -> None:
+        """Record `rv`; a violation when it is lower than `floor`, the highest resourceVersion seen before
+        its request was sent (default: now). Only such a floor is a promise: a request still in flight
+        while another answer arrives may be served at the earlier revision, on a real server as anywhere."""
+        with self._lock:
+            highest = self.highest_rv if floor is None else floor
+            self.highest_rv = max(self.highest_rv, rv)
         if rv < highest:
             self.record(f"resourceVersion went backwards: {what} at {rv} after {highest} was seen")
 
     def check_once(self) -> None:
+        floor = self.seen()
         nodes, nodes_rv = self.api.list("/api/v1/nodes")
+        self.saw_resource_version(nodes_rv, "node list", floor)
+        floor = self.seen()
         pods, pods_rv = self.api.list(f"/api/v1/namespaces/{NAMESPACE}/pods")
-        self.saw_resource_version(nodes_rv, "node list")
-        self.saw_resource_version(pods_rv, "pod list")
+        self.saw_resource_version(pods_rv, "pod list", floor)
         for violation in overcommitted_cards(nodes, pods):
             self.record(violation)
         for violation in locks_held_too_long(nodes, datetime.now(UTC), NODE_LOCK_TTL_SECONDS):
@@ -114,7 +132,7 @@ class Observer:
             try:
                 self.check_once()
             except (*API_ERRORS, ApiError):
-                continue  # kube-local is down: nothing to read, the fault's own checks cover it
+                continue  # the API server is down: nothing to read, the fault's own checks cover it
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="chaos-observer", daemon=True)
@@ -128,8 +146,9 @@ class Observer:
 
 @dataclass
 class Supervisor:
-    """`kube-vgpu-local up`'s loop in a thread: Suite.supervise every 0.5 s, and the cluster registered again
-    when kube-local was restarted."""
+    """`kube-vgpu-local up`'s loop in a thread: Suite.supervise every 0.5 s (which relaunches a dead
+    kube-apiserver of the real control plane too), and the cluster registered again when kube-local was
+    restarted."""
 
     suite: Suite
     cluster: LocalCluster
@@ -168,20 +187,64 @@ class ChaosSuite:
     supervisor: Supervisor
     observer: Observer
 
+    @property
+    def api_server(self) -> str:
+        """The API server's process name: kube-local, or the real control plane's kube-apiserver."""
+        return "kube-apiserver" if self.suite.real is not None else "kube-local"
+
     def process(self, name: str) -> ManagedProcess:
         return next(p for p in self.suite.processes if p.name == name)
 
+    def _control_plane_program(self, name: str) -> LaunchedProcess | None:
+        if self.suite.real is None:
+            return None
+        programs: list[LaunchedProcess] = self.suite.real.processes
+        return next((p for p in programs if p.name == name), None)
+
+    def pid(self, name: str) -> int | None:
+        """The pid of a live process or control-plane program `name`, None while it is down."""
+        program = self._control_plane_program(name)
+        if program is not None:
+            return program.pid if program.alive() else None
+        process = self.process(name)
+        return process.proc.pid if process.proc is not None and process.alive() else None
+
+    def tail(self, name: str, lines: int = 10) -> str:
+        program = self._control_plane_program(name)
+        return program.log_tail(lines) if program is not None else self.process(name).tail(lines)
+
+    def restart_counts(self) -> dict[str, tuple[int, str]]:
+        """Every process and control-plane program -> (restarts so far, its last log lines)."""
+        counts = {p.name: (p.restarts, p.tail(10)) for p in self.suite.processes}
+        if self.suite.real is not None:
+            restarts: dict[str, int] = self.suite.real.restarts
+            for program in self.suite.real.processes:
+                counts[program.name] = (restarts.get(program.name, 0), program.log_tail(10))
+        return counts
+
     def kill(self, name: str) -> int:
         """SIGKILL the child (no cleanup of any kind, as a crash or an OOM kill); its old pid."""
-        process = self.process(name)
-        assert process.proc is not None and process.alive(), f"{name} is not running"
-        pid = process.proc.pid
+        pid = self.pid(name)
+        assert pid is not None, f"{name} is not running"
         os.kill(pid, signal.SIGKILL)
         return pid
 
     def restarted_since(self, name: str, old_pid: int) -> bool:
-        process = self.process(name)
-        return process.proc is not None and process.proc.pid != old_pid and process.alive()
+        pid = self.pid(name)
+        return pid is not None and pid != old_pid
+
+    def extender_ready(self) -> bool:
+        """The extender's /readyz: HTTP on kube-local, HTTPS with the suite's CA on the real control plane
+        (as kube-scheduler calls it there)."""
+        suite = self.suite
+        if suite.real is None:
+            return http_ok(f"http://{suite.host}:{suite.extender_port}/readyz")
+        assert suite.webhook_registration is not None  # same CA as the extender's certificate
+        context = ssl.create_default_context(cadata=suite.webhook_registration[1].decode())
+        with urllib.request.urlopen(
+            f"https://{suite.host}:{suite.extender_port}/readyz", timeout=2, context=context
+        ) as r:
+            return bool(r.status == 200)
 
     def log_count(self, name: str, needle: str) -> int:
         try:
@@ -236,14 +299,16 @@ def wait_for(check: Callable[[], bool], timeout: float, period: float = 0.2) -> 
 
 
 @contextmanager
-def chaos_suite(run_dir: Path, cluster_file: Path) -> Iterator[ChaosSuite]:
-    """kube-local (with a state dir), webhook, extender, kube-scheduler stand-in, and per GPU node a kubelet
+def chaos_suite(run_dir: Path, cluster_file: Path, control_plane: str = "kube-local") -> Iterator[ChaosSuite]:
+    """kube-local (with a state dir) or the real control plane (etcd, kube-apiserver, controller-manager,
+    kube-scheduler), webhook, extender, the kube-scheduler stand-in on kube-local, and per GPU node a kubelet
     stand-in, device plugin and monitor, each its own process; supervised and observed until exit."""
     cluster = load_cluster(cluster_file)
     suite = Suite(
         run_dir=run_dir / "run",
         kube_local_port=0,
-        state_dir=str(run_dir / "state"),
+        state_dir=str(run_dir / "state") if control_plane == "kube-local" else None,
+        control_plane=control_plane,
     )
     supervisor = Supervisor(suite, cluster)
     observer: Observer | None = None
@@ -254,8 +319,14 @@ def chaos_suite(run_dir: Path, cluster_file: Path) -> Iterator[ChaosSuite]:
         suite.write_device_config(cluster.device_split_count)
         suite.start_control_plane()
         suite.start_nodes(cluster_file.resolve(), [n.name for n in cluster.nodes if n.gpus])
-        rest = Api(suite.url)
+        rest = Api(suite.url, context=suite.real.admin_ssl_context() if suite.real is not None else None)
         rest.call("POST", "/api/v1/namespaces", {"metadata": {"name": NAMESPACE}})
+        if suite.real is not None:
+            # The ServiceAccount admission plugin refuses pods until the controller-manager has created
+            # the namespace's `default` ServiceAccount (within a second or so).
+            account = f"/api/v1/namespaces/{NAMESPACE}/serviceaccounts/default"
+            if wait_for(lambda: rest.call("GET", account)[0] == 200, 60) is None:
+                raise RuntimeError(f"no default ServiceAccount in namespace {NAMESPACE} after 60s")
         observer = Observer(rest)
         supervisor.start()
         observer.start()
