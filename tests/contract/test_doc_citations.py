@@ -227,7 +227,7 @@ SLUGS = {"hami-wire.md": {"fit", "node-lock"}, "weaknesses.md": {"phantom-usage"
         ("deploy/x.yaml", "# HAMi (hami-control-plane.md §4)", ["deploy/x.yaml:1: old-style citation"]),
         (
             "libvgpu/README.md",
-            "See `../shared/spec/hami-core.md`.",  # split so a repository grep finds no real citation
+            "See `../shared" + "/spec/hami-core.md`.",  # split so a repository grep finds no real citation
             ["libvgpu/README.md:1: old-style citation"],
         ),
         ("sim/k.py", "# (kubelet-wire.md)", ["sim/k.py:1: cite kubelet-wire.md as docs/kubelet-wire.md"]),
