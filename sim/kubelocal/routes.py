@@ -25,6 +25,7 @@ from sim.kubelocal.discovery import (
 from sim.kubelocal.list_watch import ListWatch, WatchOptions
 from sim.kubelocal.resources import RESOURCES, ResourceType
 from sim.kubelocal.store import Store
+from sim.kubelocal.unserved import unserved_message
 from sim.kubelocal.wire import Target, json_response
 from sim.kubelocal.writes import WritePipeline
 
@@ -47,6 +48,14 @@ def parse_target(resources: dict[str, ResourceType], rest: list[str]) -> Target:
     if sub is not None and sub not in rt.subresources:
         raise errors.path_not_found()
     return Target(rt, namespace, name, sub)
+
+
+def _unserved(
+    group: str, version: str, rest: list[str], resources: dict[str, ResourceType]
+) -> errors.ApiError:
+    """404 with a message saying what local mode does not serve and what to use instead, where it can."""
+    message = unserved_message(group, version, rest, frozenset(resources))
+    return errors.path_not_found() if message is None else errors.ApiError(404, "NotFound", message)
 
 
 class ApiRouter:
@@ -81,14 +90,19 @@ class ApiRouter:
             raise errors.path_not_found()
         resources = RESOURCES.get((group, version))
         if resources is None:
-            raise errors.path_not_found()
+            raise _unserved(group, version, rest, {})
         if not rest:
             return json_response(resource_list(group, version))
         if group == "" and len(rest) == 3 and rest[0] == "namespaces" and rest[2] == "bindings":
             if request.method != "POST":
                 raise errors.method_not_allowed()
             return await self.writes.bind(request, rest[1], None)
-        target = parse_target(resources, rest)
+        try:
+            target = parse_target(resources, rest)
+        except errors.ApiError as exc:
+            if exc.code != 404:
+                raise
+            raise _unserved(group, version, rest, resources) from None
         return await self._route(request, target)
 
     async def _route(self, request: web.Request, t: Target) -> web.StreamResponse:
