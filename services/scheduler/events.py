@@ -1,5 +1,6 @@
 """Kubernetes events on pods (docs/hami-wire.md#events), posted by one background worker off every verb's
-path; a failure is only logged."""
+path; a failure is only logged. Repeats land on one Event object whose `count` grows, with client-go's spam
+filter and aggregation of similar events (`event_correlation` decides; this module does the writes)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from kubernetes import client
 
 from services.common.kube import call_json, core_path
 from services.common.log import get_logger
+from services.scheduler.event_correlation import Correlation, EventCorrelator, EventSource, InvolvedObject
 from services.scheduler.filtering import EventText
 
 __all__ = ["EventRecorder", "event_body"]
@@ -75,6 +77,11 @@ class EventRecorder:
     `max_pending` distinct events are waiting, new ones are dropped and counted in `dropped`. The worker
     waits `batch_delay` seconds after the first event of a batch, so a burst is posted in one go rather
     than interleaved with the verbs that caused it. `drain()` flushes what is queued (shutdown, tests).
+
+    The worker asks the `EventCorrelator` for each queued event: the first occurrence creates an Event, a
+    repeat patches that Event's `count` and `lastTimestamp` (a 404, the Event expired or was deleted,
+    creates it again; a 409 on create patches the one already there), and what the spam filter refuses is
+    counted in `throttled`.
     """
 
     def __init__(
@@ -86,6 +93,7 @@ class EventRecorder:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         max_pending: int = 1000,
         batch_delay: float = 0.05,
+        correlator: EventCorrelator | None = None,
     ) -> None:
         self._core = core
         self._component = component
@@ -98,9 +106,12 @@ class EventRecorder:
         self._posting = 0  # events taken by the worker and not yet posted
         self._flush = False
         self._thread: threading.Thread | None = None
+        self._correlator = correlator or EventCorrelator()  # used by the worker thread only
         self.dropped = 0  # events dropped because the queue was full
         self.coalesced = 0  # events merged into an identical queued one
-        self.posted = 0
+        self.posted = 0  # successful writes, creates and patches
+        self.patched = 0  # writes that raised an existing Event's count
+        self.throttled = 0  # writes the spam filter refused
         self.failed = 0
 
     def record(self, pod: Mapping[str, str], events: Iterable[EventText]) -> None:
@@ -154,13 +165,33 @@ class EventRecorder:
                         self._cond.notify_all()
 
     def _post(self, item: _Pending) -> None:
-        body = event_body(item.pod, item.event, self._component, item.first, secrets.token_hex(8))
-        if item.count > 1:
-            body["count"] = item.count
-            body["lastTimestamp"] = _rfc3339(item.last)
+        pod = item.pod
+        involved = InvolvedObject(
+            "Pod", pod.get("namespace") or "default", pod.get("name") or "", pod.get("uid") or ""
+        )
+        correlation = self._correlator.correlate(
+            involved,
+            EventSource(self._component),
+            item.event.type,
+            item.event.reason,
+            item.event.message,
+            item.last,
+            item.count,
+            item.first,
+        )
+        if correlation.skip:
+            self.throttled += 1
+            if self.throttled == 1 or self.throttled % 1000 == 0:
+                log.warning("events_throttled", throttled=self.throttled)
+            return
+        event = EventText(item.event.type, item.event.reason, correlation.message)
+        body = event_body(pod, event, self._component, correlation.first, secrets.token_hex(8))
+        body["count"] = correlation.count
+        body["lastTimestamp"] = _rfc3339(correlation.last)
         namespace = body["metadata"]["namespace"]
         try:
-            self._send(namespace, body)
+            name = self._write(namespace, body, correlation)
+            self._correlator.observed(correlation, name)
             self.posted += 1
         except Exception as exc:  # events are best effort: never let one break a verb
             self.failed += 1
@@ -171,10 +202,43 @@ class EventRecorder:
                 error=str(exc),
             )
 
+    def _write(self, namespace: str, body: dict[str, Any], correlation: Correlation) -> str:
+        """Create or patch the Event; returns the name of the Event that now holds the count."""
+        patch = {"count": body["count"], "lastTimestamp": body["lastTimestamp"], "message": body["message"]}
+        if correlation.existing_name is not None:
+            try:
+                self._patch(namespace, correlation.existing_name, patch)
+                self.patched += 1
+                return correlation.existing_name
+            except client.ApiException as exc:
+                if exc.status != 404:
+                    raise
+            # the Event expired (the API server's event TTL) or was deleted: create it afresh
+        name: str = body["metadata"]["name"]
+        try:
+            self._send(namespace, body)
+        except client.ApiException as exc:
+            if exc.status != 409:
+                raise
+            self._patch(namespace, name, patch)
+            self.patched += 1
+        return name
+
     def _send(self, namespace: str, body: dict[str, Any]) -> None:
         """POST one Event (the answer is read whole, so its connection goes back to the pool)."""
         assert self._core is not None
         call_json(self._core.api_client, "POST", core_path("events", namespace=namespace), body=body)
+
+    def _patch(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        """Merge-patch one Event's count, lastTimestamp and message."""
+        assert self._core is not None
+        call_json(
+            self._core.api_client,
+            "PATCH",
+            core_path("events", name, namespace=namespace),
+            body=patch,
+            content_type="application/merge-patch+json",
+        )
 
     def _idle(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout

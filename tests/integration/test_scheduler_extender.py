@@ -272,6 +272,24 @@ async def test_filter_returns_every_fitting_node_with_reasons(cluster: Cluster, 
     )
 
 
+async def test_repeated_filter_failures_of_one_pod_grow_one_events_count(
+    cluster: Cluster, extender: Extender
+) -> None:
+    big = cluster.add_pod(pod_body("big", 20000))
+    summary = "no available node, 2 nodes do not meet"
+    names: set[str] = set()
+    for attempt in range(1, 5):
+        result = await extender.filter(big)
+        assert result["NodeNames"] is None
+        await extender.runtime.events.drain()  # each retry's Event is written before the next one
+        found = [e for e in cluster.events("FilteringFailed") if e["message"] == summary]
+        assert [e["count"] for e in found] == [attempt]  # one Event, patched, never a second one
+        assert found[0]["involvedObject"]["uid"] == big["metadata"]["uid"]
+        names.add(found[0]["metadata"]["name"])
+    assert len(names) == 1
+    assert extender.runtime.events.patched >= 3 and extender.runtime.events.failed == 0
+
+
 async def test_filter_edge_cases(cluster: Cluster, extender: Extender) -> None:
     plain = cluster.add_pod(pod_body("cpu-only", None))
     assert (await extender.filter(plain, ["node-a", "anything"]))["NodeNames"] == ["node-a", "anything"]
