@@ -9,10 +9,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from services.common.config import KubeAccess
+
+# What a call to the API server can raise: an answer with an error status, or no answer at all (refused,
+# reset, timed out). Long-running loops catch these, log, and retry with backoff.
+KUBE_ERRORS: tuple[type[BaseException], ...] = (ApiException, OSError, urllib3.exceptions.HTTPError)
 
 SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 

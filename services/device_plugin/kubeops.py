@@ -13,13 +13,12 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from services.common import wire
 from services.common.codecs import WireFormatError, parse_node_lock
-from services.common.kube import raw_json
+from services.common.kube import KUBE_ERRORS, raw_json
 from services.common.log import get_logger
 
 log = get_logger("device_plugin.kube")
@@ -28,7 +27,6 @@ MERGE_PATCH = "application/merge-patch+json"
 Obj = dict[str, Any]
 
 # What a failed API call raises: an HTTP error answer, or no answer at all.
-KUBE_ERRORS: tuple[type[BaseException], ...] = (ApiException, OSError, urllib3.exceptions.HTTPError)
 
 
 def annotations_of(obj: Mapping[str, Any]) -> dict[str, str]:

@@ -14,10 +14,11 @@ from collections.abc import Callable
 
 from services.common import wire
 from services.common.codecs import encode_node_devices
+from services.common.kube import KUBE_ERRORS
 from services.common.log import get_logger
 from services.device_plugin.config import DevicePluginConfig, PluginSettings
 from services.device_plugin.devices import Snapshot, extended_capacity
-from services.device_plugin.kubeops import KUBE_ERRORS, KubeOps, annotations_of
+from services.device_plugin.kubeops import KubeOps, annotations_of
 
 log = get_logger("device_plugin")
 

@@ -20,6 +20,7 @@ from kubernetes.client.exceptions import ApiException
 from kubevgpu.kubelet.deviceplugin.v1beta1 import api_pb2, api_pb2_grpc
 from services.common import wire
 from services.common.codecs import WireFormatError, decode_pod_single_device, parse_node_lock
+from services.common.kube import KUBE_ERRORS
 from services.common.log import get_logger
 from services.device_plugin.allocate import (
     AllocationError,
@@ -32,7 +33,7 @@ from services.device_plugin.allocate import (
 from services.device_plugin.config import PluginSettings
 from services.device_plugin.devices import Snapshot
 from services.device_plugin.hostfs import HostLayout, HostPathError, LibFiles, ensure_container_dir
-from services.device_plugin.kubeops import KUBE_ERRORS, KubeOps, annotations_of, resource_version_of
+from services.device_plugin.kubeops import KubeOps, annotations_of, resource_version_of
 
 log = get_logger("device_plugin")
 

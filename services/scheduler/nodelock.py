@@ -28,7 +28,7 @@ from kubernetes.client.exceptions import ApiException
 
 from services.common import wire
 from services.common.codecs import WireFormatError, encode_node_lock, parse_node_lock
-from services.common.kube import call_json, core_path
+from services.common.kube import KUBE_ERRORS, call_json, core_path
 from services.common.log import get_logger
 from services.common.model import NodeLock
 from services.scheduler.offload import offload
@@ -147,7 +147,7 @@ def _resource_version(obj: Mapping[str, Any]) -> str:
     return rv if isinstance(rv, str) else ""
 
 
-_TRANSIENT = (ApiException, urllib3.exceptions.HTTPError, OSError)
+_TRANSIENT = KUBE_ERRORS
 
 
 class NodeLocks:

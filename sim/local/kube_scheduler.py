@@ -44,13 +44,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import aiohttp
-import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from services.common.config import ConfigError, KubeAccess
 from services.common.entrypoint import wait_for_shutdown
-from services.common.kube import new_api_client
+from services.common.kube import KUBE_ERRORS, new_api_client
 from services.common.log import get_logger
 from services.common.reflector import Reflector, object_key
 from sim.local.kube_scheduler_config import KubeSchedulerConfiguration, load_scheduler_config
@@ -76,7 +75,6 @@ Obj = dict[str, Any]
 
 # An API server that is down or restarting: the attempt is retried with the pod's backoff, as
 # kube-scheduler requeues a pod whose binding or status write failed; the loop itself never dies.
-API_OUTAGE_ERRORS: tuple[type[BaseException], ...] = (ApiException, OSError, urllib3.exceptions.HTTPError)
 log = get_logger("kube-scheduler")
 
 #: How long a pod bound by us is counted on its node before the watch shows it there.
@@ -232,7 +230,7 @@ class KubeSchedulerStandIn:
                 self._in_flight = key
                 try:
                     await self.schedule_one(key)
-                except API_OUTAGE_ERRORS as exc:
+                except KUBE_ERRORS as exc:
                     self._retry_later(key, exc)
                 finally:
                     self._in_flight = None

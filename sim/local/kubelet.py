@@ -39,14 +39,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from kubevgpu.kubelet.deviceplugin.v1beta1 import api_pb2, api_pb2_grpc
 from services.common.config import KubeAccess
 from services.common.grpc_server import GrpcServerHandle, build_server
-from services.common.kube import KubeAccessError, new_api_client
+from services.common.kube import KUBE_ERRORS, KubeAccessError, new_api_client
 from services.common.log import LogConfig, configure_logging, get_logger
 from services.common.reflector import Reflector
 from services.common.resources import quantity_as_int64
@@ -61,7 +60,6 @@ HEALTHY = "Healthy"
 REJECTED_REASON = "UnexpectedAdmissionError"
 MERGE_PATCH = "application/merge-patch+json"
 _SAFE_NAME_RE = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
-_KUBE_ERRORS: tuple[type[BaseException], ...] = (ApiException, OSError, urllib3.exceptions.HTTPError)
 
 Obj = dict[str, Any]
 
@@ -322,7 +320,7 @@ class KubeletStandIn:
                 _content_type=MERGE_PATCH,
                 _preload_content=False,
             )
-        except _KUBE_ERRORS as exc:
+        except KUBE_ERRORS as exc:
             log.warning("node_capacity_update_failed", node=self.node_name, error=str(exc))
 
     # --- pods ------------------------------------------------------------------------------------
@@ -501,7 +499,7 @@ class KubeletStandIn:
                 pod=f"{namespace}/{name}",
                 record=str(self.record_path(namespace, name)),
             )
-        except _KUBE_ERRORS as exc:
+        except KUBE_ERRORS as exc:
             log.error("pod_status_update_failed", pod=f"{namespace}/{name}", error=str(exc))
             return
         try:
@@ -542,7 +540,7 @@ class KubeletStandIn:
                 _content_type=MERGE_PATCH,
                 _preload_content=False,
             )
-        except _KUBE_ERRORS as exc:
+        except KUBE_ERRORS as exc:
             log.error("pod_status_update_failed", pod=f"{namespace}/{name}", error=str(exc))
 
     async def _reject(self, pod: Obj, message: str) -> None:
@@ -584,7 +582,7 @@ class KubeletStandIn:
                 _content_type=MERGE_PATCH,
                 _preload_content=False,
             )
-        except _KUBE_ERRORS as exc:
+        except KUBE_ERRORS as exc:
             log.error("pod_reject_update_failed", pod=f"{namespace}/{name}", error=str(exc))
 
 

@@ -12,17 +12,16 @@ import contextlib
 from datetime import UTC, datetime
 from typing import Any
 
-import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from services.common.kube import KUBE_ERRORS
 from services.common.log import get_logger
 
 log = get_logger("kubelet-standin.heartbeat")
 
 NODE_LEASE_NAMESPACE = "kube-node-lease"
 MERGE_PATCH = "application/merge-patch+json"
-_ERRORS: tuple[type[BaseException], ...] = (ApiException, OSError, urllib3.exceptions.HTTPError)
 
 
 def _now() -> str:
@@ -115,13 +114,13 @@ class NodeHeartbeat:
         """One heartbeat: the Lease always, the Ready condition when its period has passed."""
         try:
             self.renew_lease()
-        except _ERRORS as exc:
+        except KUBE_ERRORS as exc:
             log.warning("node_lease_renew_failed", node=self.node, error=str(exc))
         if monotonic_now - self._last_status >= self.status_every_seconds:
             try:
                 self.post_ready()
                 self._last_status = monotonic_now
-            except _ERRORS as exc:
+            except KUBE_ERRORS as exc:
                 log.warning("node_status_update_failed", node=self.node, error=str(exc))
 
     async def run(self, stop: asyncio.Event) -> None:
