@@ -30,12 +30,11 @@ from kubernetes.client.exceptions import ApiException
 
 from services.common import wire
 from services.common.codecs import decode_node_devices
-from services.common.config import KubeAccess
 from services.common.kube import new_api_client
 from sim.local.cluster import simulated_uuid
 from sim.local.kubelet import ALLOCATIONS_ANNOTATION, REJECTED_REASON, KubeletStandIn, container_requests
 from sim.local.node_heartbeat import NODE_LEASE_NAMESPACE
-from tests.support.apiservers import ApiServer
+from tests.support.apiservers import ApiServer, kube_flags
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -46,22 +45,8 @@ MERGE = "application/merge-patch+json"
 DEVICE_PLUGIN_SA = "kube-vgpu-device-plugin"
 
 
-def kube_flags(access: KubeAccess) -> list[str]:
-    """The `--set kube.*=` flags that hand a service process `access`."""
-    values = access.model_dump(exclude_none=True)
-    return [arg for key, value in values.items() for arg in ("--set", f"kube.{key}={value}")]
-
-
-def node_access(api_server: ApiServer, node: str) -> KubeAccess:
-    """How the kubelet stand-in reaches the API: kube-local has no authentication; on the real server it
-    is the node's own client certificate, as a kubelet's (sim/local/suite.py `node_kube_args`)."""
-    if api_server.real is None:
-        return api_server.admin
-    return KubeAccess(kubeconfig=str(api_server.real.node_kubeconfig(node)))
-
-
 def node_kube_args(api_server: ApiServer, node: str) -> list[str]:
-    """The stand-in's command-line flags for `node_access`."""
+    """The stand-in's command-line flags for `ApiServer.node_access`."""
     if api_server.real is None:
         return ["--server", api_server.url]
     return ["--kubeconfig", str(api_server.real.node_kubeconfig(node))]
@@ -86,7 +71,7 @@ class Env:
         self.tmp = tmp
         self.api = api_server.api_client()  # the test's set-up and assertions, as admin
         self.core: Any = client.CoreV1Api(self.api)
-        self.node_api = new_api_client(node_access(api_server, NODE))
+        self.node_api = new_api_client(api_server.node_access(NODE))
         self.kubelet = KubeletStandIn(plugin_dir, NODE, self.node_api, admission_timeout=10)
         self.plugin: subprocess.Popen[str] | None = None
 

@@ -27,12 +27,11 @@ from kubevgpu.monitor.v1 import monitor_service_pb2 as pb
 from kubevgpu.monitor.v1 import monitor_service_pb2_grpc as pb_grpc
 from services.common import shared_region as sr
 from services.common import wire
-from services.common.config import KubeAccess
 from services.monitor.config import MonitorConfig
 from services.monitor.runtime import MonitorRuntime
 from sim.regions import MIB, ProcUse, make_region, write_cache
 from tests.support import free_port
-from tests.support.apiservers import ApiServer
+from tests.support.apiservers import ApiServer, kube_flags
 
 NODE = "gpu-node-a"
 GPU_A = "GPU-aaaaaaaa-1111-2222-3333-444444444444"
@@ -41,12 +40,6 @@ GONE_UID = "99999999-0000-4000-8000-000000000000"
 BIN = Path(sys.executable).parent
 # The deploy runs the monitor in the device-plugin DaemonSet, with its ServiceAccount.
 MONITOR_SA = "kube-vgpu-device-plugin"
-
-
-def kube_flags(access: KubeAccess) -> list[str]:
-    """The `--set kube.*=` flags that hand a service process `access`."""
-    values = access.model_dump(exclude_none=True)
-    return [arg for key, value in values.items() for arg in ("--set", f"kube.{key}={value}")]
 
 
 async def eventually(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:

@@ -7,18 +7,11 @@ import asyncio
 
 from kubernetes import client
 
-from services.common.config import KubeAccess
 from services.common.kube import new_api_client
 from sim.local.node_heartbeat import NODE_LEASE_NAMESPACE, NodeHeartbeat
 from tests.support.apiservers import ApiServer
 
 NODE = "heartbeat-node"
-
-
-def _node_access(api_server: ApiServer) -> KubeAccess:
-    if api_server.real is None:
-        return api_server.admin
-    return KubeAccess(kubeconfig=str(api_server.real.node_kubeconfig(NODE)))
 
 
 def _create_node(api_server: ApiServer) -> None:
@@ -34,7 +27,7 @@ def _create_node(api_server: ApiServer) -> None:
 
 def test_each_beat_renews_the_lease_and_the_ready_heartbeat(api_server: ApiServer) -> None:
     _create_node(api_server)
-    with new_api_client(_node_access(api_server)) as api:
+    with new_api_client(api_server.node_access(NODE)) as api:
         heartbeat = NodeHeartbeat(api, NODE, lease_seconds=40, status_every_seconds=0.0)
         heartbeat.beat(0.0)
         with api_server.api_client() as admin:
@@ -55,7 +48,7 @@ def test_each_beat_renews_the_lease_and_the_ready_heartbeat(api_server: ApiServe
 
 def test_the_status_period_is_slower_than_the_lease(api_server: ApiServer) -> None:
     _create_node(api_server)
-    with new_api_client(_node_access(api_server)) as api:
+    with new_api_client(api_server.node_access(NODE)) as api:
         heartbeat = NodeHeartbeat(api, NODE, lease_seconds=40, status_every_seconds=60.0)
         for second in (0.0, 10.0, 20.0, 61.0):
             heartbeat.beat(second)
@@ -66,7 +59,7 @@ def test_a_missing_node_is_logged_and_retried_not_fatal(api_server: ApiServer) -
     """No Node object yet: the beat fails quietly and the task keeps running until asked to stop."""
     if api_server.real is not None:
         _create_node(api_server)  # the node identity may only touch its own Node: exercise the stop path
-    with new_api_client(_node_access(api_server)) as api:
+    with new_api_client(api_server.node_access(NODE)) as api:
         heartbeat = NodeHeartbeat(api, "no-such-node" if api_server.real is None else NODE, lease_seconds=1)
 
         async def run_briefly() -> None:

@@ -46,6 +46,20 @@ class ApiServer:
     def api_client(self) -> client.ApiClient:
         return new_api_client(self.admin)
 
+    def node_access(self, node: str) -> KubeAccess:
+        """How a kubelet stand-in for `node` reaches this server: kube-local has no authentication; on the
+        real server it is the node's own client certificate, as a kubelet's (Node authorizer,
+        NodeRestriction)."""
+        if self.real is None:
+            return self.admin
+        return KubeAccess(kubeconfig=str(self.real.node_kubeconfig(node)))
+
+
+def kube_flags(access: KubeAccess) -> list[str]:
+    """The `--set kube.*=` flags that hand a service process `access`."""
+    values = access.model_dump(exclude_none=True)
+    return [arg for key, value in values.items() for arg in ("--set", f"kube.{key}={value}")]
+
 
 def start_real(run_dir: Path) -> ApiServer:
     from sim.controlplane.launcher import RealControlPlane
