@@ -295,6 +295,17 @@ class UsageCache:
             return None
         return state.annotations.get(wire.NODE_LOCK), state.resource_version
 
+    def node_locks(self) -> list[tuple[str, str, str]]:
+        """(node, lock annotation, resourceVersion) of every cached node that carries a lock."""
+        with self._lock:
+            states = list(self._nodes.values())
+        found = []
+        for state in states:
+            value = state.annotations.get(wire.NODE_LOCK)
+            if value and state.resource_version:
+                found.append((state.name, value, state.resource_version))
+        return sorted(found)
+
     def handshake_due(self) -> list[str]:
         """Nodes (with a register annotation) whose handshake the leader should (re)write."""
         with self._lock:

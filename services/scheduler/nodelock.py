@@ -38,6 +38,7 @@ __all__ = [
     "LockInspection",
     "LockVerdict",
     "NodeLocks",
+    "expired_lock_age",
     "inspect_lock",
     "lock_value",
     "owned_by",
@@ -104,6 +105,20 @@ def inspect_lock(
         )
     owner = "a legacy ownerless lock" if lock.is_legacy else f"pod {lock.namespace}/{lock.name}"
     return LockInspection(LockVerdict.HELD, lock, f"held by {owner}")
+
+
+def expired_lock_age(value: str | None, now: datetime, ttl: timedelta) -> float | None:
+    """The age in seconds of lock `value` when it is past the TTL (whoever holds it), else None.
+
+    Such a lock is dead: any bind would take it over. The leader clears it so that it does not sit on the node
+    until the next bind there (its owner may have been rescheduled elsewhere after a scheduler crash)."""
+    if not value:
+        return None
+    try:
+        lock = parse_node_lock(value)
+    except WireFormatError:
+        return None  # an acquire takes it over, naming why; a sweep leaves what it cannot read alone
+    return (now - lock.acquired_at).total_seconds() if lock.is_expired(now, ttl) else None
 
 
 _FINISHED_PHASES: Final = frozenset({"Succeeded", "Failed"})
@@ -271,6 +286,26 @@ class NodeLocks:
                 )
             await asyncio.sleep(min(delay * (0.5 + random.random()), remaining))
             delay = min(delay * 2, self._poll_max)
+
+    async def clear_expired(self, node: str, value: str, resource_version: str) -> bool:
+        """Remove lock `value` from `node` if it is past the TTL and still the node's lock at
+        `resource_version` (a conditional write: a 409 means someone changed the node, so it is left alone).
+        True when removed."""
+        age = expired_lock_age(value, self._clock(), self._ttl)
+        if age is None:
+            return False
+        try:
+            await offload(self._write, node, None, resource_version)
+        except ApiException as exc:
+            if exc.status not in (404, 409):
+                error = f"{exc.status} {exc.reason}"
+                log.warning("node_lock_clear_failed", node=node, lock=value, error=error)
+            return False
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            log.warning("node_lock_clear_failed", node=node, lock=value, error=str(exc))
+            return False
+        log.info("node_lock_expired_cleared", node=node, lock=value, age_s=round(age))
+        return True
 
     async def release(self, node: str, namespace: str, name: str) -> bool:
         """Remove the lock if pod `namespace/name` holds it (never someone else's); True when removed."""

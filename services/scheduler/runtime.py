@@ -355,7 +355,8 @@ class SchedulerRuntime:
             await asyncio.sleep(self.cfg.health_interval_seconds)
 
     async def registration_pass(self) -> None:
-        """One pass: (leader only) write `Requesting_<now>` handshakes where due; drop stale reservations."""
+        """One pass: (leader only) write `Requesting_<now>` handshakes where due and clear node locks past
+        their TTL; drop stale reservations."""
         for reservation in self.cache.sweep_reservations(_RESERVATION_MAX_AGE):
             log.info(
                 "reservation_expired",
@@ -378,6 +379,9 @@ class SchedulerRuntime:
                 )
             except Exception as exc:
                 log.warning("handshake_write_failed", node=node, error=str(exc))
+        if self.locks is not None:
+            for node, value, resource_version in self.cache.node_locks():
+                await self.locks.clear_expired(node, value, resource_version)
 
     # --- stop -----------------------------------------------------------------------------------------------
 

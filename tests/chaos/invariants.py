@@ -95,8 +95,9 @@ def overcommitted_cards(nodes: Iterable[Obj], pods: Iterable[Obj]) -> list[str]:
 
 
 def locks_held_too_long(nodes: Iterable[Obj], now: datetime, ttl_seconds: float) -> list[str]:
-    """Node locks (`hami.io/mutex.lock`) older than the TTL: the scheduler takes such a lock over, so one
-    that stays is a lock nobody releases."""
+    """Node locks (`hami.io/mutex.lock`) older than `ttl_seconds`: the device plugin releases a lock in
+    Allocate and the scheduler's leader clears one past its TTL, so one that stays is a lock nobody
+    releases."""
     violations = []
     for node in nodes:
         value = _annotations(node).get(wire.NODE_LOCK)
@@ -110,7 +111,7 @@ def locks_held_too_long(nodes: Iterable[Obj], now: datetime, ttl_seconds: float)
             continue
         if (now - lock.acquired_at).total_seconds() > ttl_seconds:
             # No age in the text: the observer records each stale lock once, however long it stays.
-            violations.append(f"node {name}: lock {value!r} still held past its ttl of {ttl_seconds:g}s")
+            violations.append(f"node {name}: lock {value!r} still held past {ttl_seconds:g}s")
     return violations
 
 

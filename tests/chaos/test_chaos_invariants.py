@@ -61,7 +61,7 @@ def test_a_lock_past_its_ttl_is_reported_a_fresh_one_is_not() -> None:
     fresh = (now - timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
     stale = (now - timedelta(seconds=31)).strftime("%Y-%m-%dT%H:%M:%SZ")
     assert locks_held_too_long([_node(f"{fresh},chaos,a")], now, 30) == []
-    assert "past its ttl" in locks_held_too_long([_node(f"{stale},chaos,a")], now, 30)[0]
+    assert "still held past 30s" in locks_held_too_long([_node(f"{stale},chaos,a")], now, 30)[0]
 
 
 def test_only_running_or_unschedulable_pending_pods_are_settled() -> None:

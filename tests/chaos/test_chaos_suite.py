@@ -28,7 +28,7 @@ from services.common.inventory import format_table
 from sim.controlplane.launcher import BinariesUnavailable, locate_binaries
 from tests.chaos.harness import (
     NAMESPACE,
-    NODE_LOCK_TTL_SECONDS,
+    NODE_LOCK_MAX_AGE_SECONDS,
     Api,
     ApiError,
     ChaosSuite,
@@ -186,7 +186,7 @@ class Scenario:
         outcome.other = len(pods) - outcome.running - outcome.pending
         nodes, _ = self.api.list("/api/v1/nodes")
         outcome.violations.extend(overcommitted_cards(nodes, pods))
-        outcome.violations.extend(locks_held_too_long(nodes, datetime.now(UTC), NODE_LOCK_TTL_SECONDS))
+        outcome.violations.extend(locks_held_too_long(nodes, datetime.now(UTC), NODE_LOCK_MAX_AGE_SECONDS))
         outcome.violations.extend(self.chaos.observer.violations.get(outcome.fault, []))
         # Every other process rode out the fault: one that died on its own (a connection error during an
         # outage, say) would have been restarted by the supervisor, which must not hide it.

@@ -7,7 +7,7 @@ import json
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -349,6 +349,28 @@ async def test_the_runtime_wires_the_cache_view_into_the_locks(
         await poll_until(
             lambda: (ext.runtime.cache.node_lock_view("node-a") or (None, ""))[0] == taken, what="lock seen"
         )
+
+
+async def test_the_leader_clears_locks_past_their_ttl_and_only_those(kube: Kube) -> None:
+    """A scheduler killed between taking a lock and binding leaves the lock; its pod may then be bound
+    elsewhere, so nobody would release it. The leader's registration pass clears it once past the TTL."""
+    kube.add_node("node-a", gpus("node-a"))
+    kube.add_node("node-b", gpus("node-b"))
+    now = datetime.now(UTC)
+    expired = f"{(now - timedelta(seconds=120)).strftime('%Y-%m-%dT%H:%M:%SZ')},default,crashed"
+    fresh = f"{now.strftime('%Y-%m-%dT%H:%M:%SZ')},default,binding"
+    kube.set_lock("node-a", expired)
+    kube.set_lock("node-b", fresh)
+    async with running_scheduler(kube) as ext:
+        await poll_until(lambda: len(ext.runtime.cache.node_locks()) == 2, what="both locks cached")
+        await ext.runtime.registration_pass()
+        assert kube.lock("node-a") is None
+        assert kube.lock("node-b") == fresh
+        # A view gone stale (the node changed since) is not written over: the write is conditional.
+        locks = ext.runtime.locks
+        assert locks is not None
+        assert not await locks.clear_expired("node-b", expired, "1")
+        assert kube.lock("node-b") == fresh
 
 
 # --- (c) binds from the filtered copy -----------------------------------------------------------------------

@@ -10,6 +10,7 @@ import pytest
 
 from services.scheduler.nodelock import (
     LockVerdict,
+    expired_lock_age,
     inspect_lock,
     lock_value,
     owned_by,
@@ -106,3 +107,20 @@ def test_owner_release_reason(owner: dict[str, Any] | None, dangling: str | None
         assert reason is None
     else:
         assert reason is not None and dangling in reason
+
+
+@pytest.mark.parametrize(
+    ("value", "age"),
+    [
+        (None, None),
+        ("", None),
+        ("2026-08-21T10:15:00Z,default,other", None),  # fresh
+        ("2026-08-21T10:14:34Z,default,other", None),  # exactly the TTL: not yet expired
+        ("2026-08-21T10:14:33Z,default,other", 31.0),
+        ("2026-08-21T10:14:00Z,default,me", 64.0),  # whoever holds it
+        ("2026-08-21T09:15:04Z", 3600.0),  # legacy ownerless
+        ("garbage", None),  # unreadable: left for an acquire to take over with a reason
+    ],
+)
+def test_expired_lock_age(value: str | None, age: float | None) -> None:
+    assert expired_lock_age(value, NOW, TTL) == age
