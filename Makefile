@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all venv protos protos-check build controlplane lint test test-fast pytest run bench clean constraints
+.PHONY: all venv protos protos-check k8s-protos build controlplane lint test test-fast pytest run bench clean constraints
 
 all: build
 
@@ -23,6 +23,12 @@ protos: $(STAMP)
 
 protos-check: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py --check
+
+# Regenerates kube-local's committed Kubernetes protobuf schema (sim/kubelocal/pb/k8s.binpb, k8s_json.json)
+# from the k8s.io/api and k8s.io/apimachinery that sim/controlplane/go.mod pins (Go module cache: needs Go).
+# `make build` does not: the files are committed; tests/kubelocal/test_protobuf_schema.py checks them.
+k8s-protos: $(STAMP)
+	$(BIN)/python scripts/gen_k8s_protos.py
 
 build: $(STAMP) protos-check
 	@if [ -f libvgpu/Makefile ]; then $(MAKE) -C libvgpu; fi

@@ -25,6 +25,7 @@ KUBERNETES_VERSION = {
 
 def root_paths() -> set[str]:
     paths = {"/api", "/api/v1", "/apis", "/healthz", "/livez", "/readyz", "/version"}
+    paths.update({"/openapi/v2", "/openapi/v3"})  # openapi.py
     for group, version in RESOURCES:
         if group:
             paths.update({f"/apis/{group}", f"/apis/{group}/{version}"})
@@ -90,6 +91,8 @@ def resource_list(group: str, version: str) -> Obj:
                     "namespaced": rt.namespaced,
                     "kind": kind,
                     "verbs": list(verbs),
+                    # kubectl drain evicts only where discovery names the Eviction's group and version.
+                    **({"group": "policy", "version": "v1"} if kind == "Eviction" else {}),
                 }
             )
     if group == "":

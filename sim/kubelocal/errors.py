@@ -165,8 +165,16 @@ def unsupported_media_type(content_type: str, accepted: list[str]) -> ApiError:
     )
 
 
+class PathNotFound(ApiError):
+    """404 for a path nothing serves. Its Status carries an empty ``details``, as the real server's does:
+    kubectl (debug) reads ``details`` of such a 404 without checking it is there."""
+
+    def status(self) -> JSON:
+        return {**super().status(), "details": {}}
+
+
 def path_not_found() -> ApiError:
-    return ApiError(404, "NotFound", "the server could not find the requested resource")
+    return PathNotFound(404, "NotFound", "the server could not find the requested resource")
 
 
 def expired(requested: int, oldest: int) -> ApiError:

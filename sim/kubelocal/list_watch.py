@@ -18,8 +18,10 @@ from aiohttp import web
 
 from sim.kubelocal import errors
 from sim.kubelocal.errors import ApiError
+from sim.kubelocal.pb.negotiation import watch_encoding
 from sim.kubelocal.resources import Obj, ResourceType
 from sim.kubelocal.store import Store, WatchClosed, encode_line
+from sim.kubelocal.tables import list_table, table_options, table_watch_encoding
 from sim.kubelocal.wire import Target, collection_filter, json_response
 
 log = structlog.get_logger("kube-local")
@@ -54,6 +56,9 @@ class ListWatch:
 
     def list_collection(self, request: web.Request, t: Target) -> web.Response:
         items, rv = self.store.list_objects(collection_filter(request, t))
+        table = table_options(request, t.rt)  # kubectl get's Accept (tables.py)
+        if table is not None:
+            return json_response(list_table(t.rt, items, rv, table))
         return json_response(
             {
                 "kind": t.rt.list_kind,
@@ -85,7 +90,9 @@ class ListWatch:
                 timeout = float(requested)
 
         response = web.StreamResponse(status=200, headers={"Cache-Control": "no-cache, private"})
-        response.content_type = "application/json"
+        # Tables for kubectl get -w (tables.py), else JSON lines or protobuf frames (pb/negotiation.py).
+        encoding = table_watch_encoding(request, t.rt) or watch_encoding(request)
+        response.headers["Content-Type"] = encoding.content_type
         response.enable_chunked_encoding()
         try:
             watcher = self.store.watch(flt, since)
@@ -93,7 +100,7 @@ class ListWatch:
             # The apiserver answers 200 and streams one ERROR event (the client raises 410 from it).
             with contextlib.suppress(ConnectionError):
                 await response.prepare(request)
-                await response.write(encode_line({"type": "ERROR", "object": exc.status()}))
+                await response.write(encoding.frame(encode_line({"type": "ERROR", "object": exc.status()})))
                 await response.write_eof()
             return response
         start_rv = self.store.resource_version
@@ -108,19 +115,19 @@ class ListWatch:
                 if now >= deadline:
                     break
                 if initial_end_pending and watcher.initial_drained:
-                    await response.write(bookmark_line(t.rt, start_rv, initial_end=True))
+                    await response.write(encoding.frame(bookmark_line(t.rt, start_rv, initial_end=True)))
                     initial_end_pending = False
                 wait = min(deadline - now, _DISCONNECT_POLL_SECONDS)
                 if bookmarks:
                     wait = min(wait, max(0.0, next_bookmark - now))
                 line = await watcher.get(wait)
                 if line is not None:
-                    await response.write(line)
+                    await response.write(encoding.frame(line))
                     continue
                 if request.transport is None or request.transport.is_closing():
                     break
                 if bookmarks and watcher.idle and loop.time() >= next_bookmark:
-                    await response.write(bookmark_line(t.rt, self.store.resource_version))
+                    await response.write(encoding.frame(bookmark_line(t.rt, self.store.resource_version)))
                     next_bookmark = loop.time() + self.watch_options.bookmark_interval
         except WatchClosed as closed:
             if closed.reason == "overflow":

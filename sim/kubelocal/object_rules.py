@@ -11,6 +11,7 @@ from typing import Any
 
 from services.common.selectors import SelectorError, validate_label_key, validate_label_value
 from sim.kubelocal import errors
+from sim.kubelocal.ephemeral import ephemeral_containers_update
 from sim.kubelocal.resources import (
     MUTATING_WEBHOOK_CONFIGURATIONS,
     NAMESPACES,
@@ -153,6 +154,8 @@ def prepare_update(rt: ResourceType, new: Obj, current: Obj, subresource: str | 
             f"Precondition failed: UID in precondition: {nm['uid']}, UID in object meta: {cm.get('uid')}",
             rt.group,
         )
+    if subresource == "ephemeralcontainers":
+        return ephemeral_containers_update(new, current)
     if subresource == "status":
         result = copy.deepcopy(current)
         result["status"] = new.get("status") if new.get("status") is not None else {}

@@ -100,7 +100,11 @@ PODS = ResourceType(
     namespaced=True,
     short_names=("po",),
     status_subresource=True,
-    extra_subresources=(("binding", "Binding", ("create",)),),
+    extra_subresources=(
+        ("binding", "Binding", ("create",)),
+        ("eviction", "Eviction", ("create",)),
+        ("ephemeralcontainers", "Pod", ("get", "patch", "update")),
+    ),
     selectable_fields=frozenset(
         {
             "spec.nodeName",

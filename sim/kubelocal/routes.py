@@ -22,9 +22,12 @@ from sim.kubelocal.discovery import (
     resource_list,
     root_paths,
 )
+from sim.kubelocal.eviction import evict
 from sim.kubelocal.list_watch import ListWatch, WatchOptions
+from sim.kubelocal.openapi import openapi_response
 from sim.kubelocal.resources import RESOURCES, ResourceType
 from sim.kubelocal.store import Store
+from sim.kubelocal.tables import object_table, table_options
 from sim.kubelocal.unserved import unserved_message
 from sim.kubelocal.wire import Target, json_response
 from sim.kubelocal.writes import WritePipeline
@@ -76,6 +79,8 @@ class ApiRouter:
             return web.Response(text="ok", content_type="text/plain")
         if parts == ["version"]:
             return json_response(KUBERNETES_VERSION)
+        if head == "openapi":
+            return openapi_response(request, parts)
         if head == "api":
             if len(parts) == 1:
                 return json_response(api_versions(request.host))
@@ -122,8 +127,12 @@ class ApiRouter:
             if method != "POST":
                 raise errors.method_not_allowed()
             return await self.writes.bind(request, namespace, t.name)
+        if t.subresource == "eviction":
+            return await evict(request, t, self.deletes)
         if method == "GET":
-            return json_response(self.store.get(t.rt, namespace, t.name))
+            obj = self.store.get(t.rt, namespace, t.name)
+            table = table_options(request, t.rt) if t.subresource in (None, "status") else None
+            return json_response(obj if table is None else object_table(t.rt, obj, table))
         if method == "PUT":
             return await self.writes.replace(request, t)
         if method == "PATCH":

@@ -25,6 +25,7 @@ from sim.kubelocal import errors
 from sim.kubelocal.admission import AdmissionChain
 from sim.kubelocal.errors import ApiError
 from sim.kubelocal.list_watch import WatchOptions
+from sim.kubelocal.pb.negotiation import protobuf_middleware
 from sim.kubelocal.persistence import Persistence
 from sim.kubelocal.routes import ApiRouter
 from sim.kubelocal.store import Store
@@ -112,7 +113,8 @@ def create_app(
     often an idle watch with ``allowWatchBookmarks`` gets a BOOKMARK; with ``persistence`` every answer
     waits until what it reflects is durable.
     """
-    middlewares: list[Middleware] = [_errors_middleware]
+    # protobuf_middleware outside the errors one: a Status error goes out as protobuf too.
+    middlewares: list[Middleware] = [protobuf_middleware, _errors_middleware]
     if persistence is not None:
         middlewares.insert(0, _durable_middleware(store, persistence))  # outermost: errors are answers too
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)

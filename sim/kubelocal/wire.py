@@ -17,6 +17,7 @@ from aiohttp import web
 from services.common.selectors import SelectorError, parse_field_selector, parse_label_selector
 from sim.kubelocal import errors
 from sim.kubelocal.errors import ApiError
+from sim.kubelocal.pb.negotiation import REQUEST_MEDIA_TYPES, decode_protobuf_body, is_protobuf
 from sim.kubelocal.resources import ResourceType
 from sim.kubelocal.store import WatchFilter
 
@@ -44,8 +45,11 @@ class Target:
 
 
 async def decode_body(request: web.Request, *, required: bool = True) -> Any:
-    """The JSON request body (400 when malformed, or empty while ``required``); None when empty."""
+    """The JSON request body (400 when malformed, or empty while ``required``); None when empty. A
+    protobuf body is decoded to the same JSON form (``pb/negotiation.py``)."""
     raw = await request.read()
+    if raw and is_protobuf(request.content_type):
+        return decode_protobuf_body(raw)
     if not raw.strip():
         if required:
             raise errors.bad_request("the request body is empty; expected a JSON object")
@@ -57,10 +61,15 @@ async def decode_body(request: web.Request, *, required: bool = True) -> Any:
 
 
 def check_json_content(request: web.Request) -> None:
-    """415 unless a body, if any, is sent as JSON (or untyped, as some clients do)."""
+    """415 unless a body, if any, is sent as JSON or protobuf (or untyped, as some clients do)."""
     content_type = request.content_type
-    if request.can_read_body and content_type != "application/octet-stream" and "json" not in content_type:
-        raise errors.unsupported_media_type(content_type, ["application/json"])
+    if (
+        request.can_read_body
+        and content_type != "application/octet-stream"
+        and "json" not in content_type
+        and not is_protobuf(content_type)
+    ):
+        raise errors.unsupported_media_type(content_type, list(REQUEST_MEDIA_TYPES))
 
 
 def dry_run_requested(request: web.Request) -> bool:

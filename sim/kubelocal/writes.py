@@ -29,6 +29,8 @@ from sim.kubelocal.object_rules import (
     prepare_update,
     validate_object,
 )
+from sim.kubelocal.openapi_fields import check_unknown_fields
+from sim.kubelocal.openapi_quantities import canonicalize_quantities
 from sim.kubelocal.patch import (
     InvalidPatch,
     PatchConflict,
@@ -76,7 +78,9 @@ class WritePipeline:
         check_json_content(request)
         dry_run = dry_run_requested(request)
         body = await decode_body(request)
+        check_unknown_fields(request, t.rt, body, "Create")  # kubectl's ?fieldValidation=Strict
         obj = normalize_body(t.rt, body, t.namespace, None)
+        canonicalize_quantities(t.rt, obj)  # as the real server's decoding and defaulting store them
         apply_defaults(t.rt, obj)
         namespace = t.namespace or ""
         if t.rt.namespaced and not self.store.namespace_exists(namespace):
@@ -88,6 +92,7 @@ class WritePipeline:
             )
         )
         obj = normalize_body(t.rt, mutated, t.namespace, None)
+        canonicalize_quantities(t.rt, obj)
         generated = not meta(obj).get("name")
         prepare_create(t.rt, obj)
         validate_object(t.rt, obj, None)
@@ -125,12 +130,14 @@ class WritePipeline:
             new = make_new(copy.deepcopy(current))
             if str(meta(new).get("resourceVersion") or base_rv) != base_rv:
                 raise errors.stale(t.rt.plural, name, t.rt.group)
+            canonicalize_quantities(t.rt, new)
             apply_defaults(t.rt, new)
             # MUTATING ADMISSION (UPDATE): sees the requested object and the current one.
             mutated = await self._mutate(
                 AdmissionRequest("UPDATE", t.rt, namespace, name, new, current, t.subresource or "", dry_run)
             )
             new = normalize_body(t.rt, mutated, t.namespace, name)
+            canonicalize_quantities(t.rt, new)
             new = prepare_update(t.rt, new, current, t.subresource)
             validate_object(t.rt, new, current)
             # VALIDATING ADMISSION (UPDATE)
@@ -148,6 +155,7 @@ class WritePipeline:
         check_json_content(request)
         dry_run = dry_run_requested(request)
         body = normalize_body(t.rt, await decode_body(request), t.namespace, t.name)
+        check_unknown_fields(request, t.rt, body, "Update")
 
         def make_new(current: Obj) -> Obj:
             new = copy.deepcopy(body)
@@ -179,6 +187,7 @@ class WritePipeline:
                 raise errors.bad_request(str(exc)) from exc
             except PatchConflict as exc:
                 raise errors.unprocessable(str(exc)) from exc
+            check_unknown_fields(request, t.rt, patched, "Patch", before=current)
             return normalize_body(t.rt, patched, t.namespace, t.name)
 
         return json_response(await self._update_loop(t, make_new, dry_run))

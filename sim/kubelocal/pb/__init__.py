@@ -1,0 +1,2 @@
+"""kube-local's Kubernetes protobuf: the schema of the pinned release, the codec and content negotiation
+(docs/kubelocal-differences.md#protobuf)."""
