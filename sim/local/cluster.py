@@ -6,6 +6,7 @@ running our device plugin carries, so every other component reads them through t
 
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 from typing import Any
 
@@ -95,5 +96,29 @@ def node_object(node: SimulatedNode, split_count: int) -> dict[str, Any]:
             "capacity": capacity,
             "allocatable": dict(capacity),
             "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}],
+            # What a kubelet reports and `kubectl get nodes -o wide` prints: every simulated node is this
+            # machine, and its "kubelet" is our stand-in, which the version says rather than pose as one.
+            "addresses": [
+                {"type": "InternalIP", "address": "127.0.0.1"},
+                {"type": "Hostname", "address": node.name},
+            ],
+            "nodeInfo": _node_info(node.name),
         },
+    }
+
+
+def _node_info(name: str) -> dict[str, str]:
+    uname = platform.uname()
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(uname.machine, uname.machine)
+    return {
+        "machineID": name,
+        "systemUUID": name,
+        "bootID": name,
+        "kernelVersion": uname.release,
+        "osImage": f"{uname.system} (kube-vgpu local mode)",
+        "containerRuntimeVersion": "kube-vgpu-local://none",
+        "kubeletVersion": "kube-vgpu-kubelet-standin",
+        "kubeProxyVersion": "",
+        "operatingSystem": uname.system.lower(),
+        "architecture": arch,
     }

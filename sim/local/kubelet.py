@@ -506,7 +506,9 @@ class KubeletStandIn:
             status = {
                 "phase": "Running",
                 "hostIP": "127.0.0.1",
+                "hostIPs": [{"ip": "127.0.0.1"}],
                 "podIP": "127.0.0.1",
+                "podIPs": [{"ip": "127.0.0.1"}],
                 "startTime": now,
                 "conditions": [
                     {"type": t, "status": "True", "lastTransitionTime": now}

@@ -34,6 +34,9 @@ def test_node_object_carries_register_annotation_and_capacity() -> None:
     assert devices[2].id == simulated_uuid("gpu-node-b", 2)
     assert node["status"]["allocatable"][wire.RESOURCE_GPU] == "40"
     assert node["metadata"]["labels"]["gpu"] == "on"
+    # What `kubectl get nodes -o wide` prints: an address, and a version that says this is the stand-in.
+    assert {"type": "InternalIP", "address": "127.0.0.1"} in node["status"]["addresses"]
+    assert node["status"]["nodeInfo"]["kubeletVersion"] == "kube-vgpu-kubelet-standin"
     # HAMi's Go encoder omits zero values: index 0 and numa 0 never appear for the first card.
     assert '"index":0' not in annotation and '"numa":0' not in annotation
 
