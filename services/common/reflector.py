@@ -123,6 +123,7 @@ class Reflector:
         label_selector: str | None = None,
         field_selector: str | None = None,
         on_event: EventHandler | None = None,
+        transform: Callable[[Obj], Obj] | None = None,
         resync_period: float | None = 3600.0,
         watch_timeout: float = 300.0,
         page_size: int | None = 500,
@@ -134,7 +135,8 @@ class Reflector:
         (e.g. ``{"namespace": "kube-system"}``). ``resync_period`` (seconds, None or 0 = never) is how often
         everything is LISTed again; ``watch_timeout`` is the server-side watch timeout, randomised within
         [t, 2t) so many reflectors do not re-watch in step; ``page_size`` is the LIST page size (None = one
-        page); ``request_timeout`` bounds a LIST and the connection set-up of a WATCH."""
+        page); ``request_timeout`` bounds a LIST and the connection set-up of a WATCH; ``transform`` maps each
+        object before it is stored and handed to the callbacks (keep only the fields the caller reads)."""
         if watch_timeout <= 0:
             raise ValueError("watch_timeout must be positive")
         if backoff_initial <= 0 or backoff_max < backoff_initial:
@@ -147,6 +149,9 @@ class Reflector:
         if field_selector:
             self._list_kwargs["field_selector"] = field_selector
         self._handlers: list[EventHandler] = [on_event] if on_event is not None else []
+        # Applied to every listed or watched object before it is stored or handed out (client-go's
+        # SetTransform): a caller that reads a few fields keeps only those in memory.
+        self._transform = transform
         self._resync_period = resync_period if resync_period and resync_period > 0 else None
         self._watch_timeout = watch_timeout
         self._page_size = page_size
@@ -323,7 +328,8 @@ class Reflector:
                 raise _Stopped
             if not isinstance(page, dict) or not isinstance(page.get("items", []), list):
                 raise _Relist("LIST answered something that is not a list object")
-            items.extend(item for item in page.get("items") or [] if isinstance(item, dict))
+            page_items = [item for item in page.get("items") or [] if isinstance(item, dict)]
+            items.extend(map(self._transform, page_items) if self._transform is not None else page_items)
             metadata = page.get("metadata")
             metadata = metadata if isinstance(metadata, dict) else {}
             rv = str(metadata.get("resourceVersion") or rv)
@@ -421,6 +427,8 @@ class Reflector:
             raise _Relist(f"watch error {code}: {message}")
         if event_type not in _OBJECT_EVENTS:
             raise _Relist(f"unknown watch event type {event_type!r}")
+        if self._transform is not None:
+            obj = self._transform(obj)
         key = object_key(obj)
         rv = _resource_version(obj)
         with self._lock:

@@ -5,9 +5,10 @@ For a GPU pod on node N, with a per-node asyncio lock held (binds of this proces
 
 1. take the node lock `hami.io/mutex.lock` (when an app container requests a GPU, as HAMi does), waiting while
    another live pod holds it, up to `bind_lock_wait_seconds` from the start of the request;
-2. re-fit the pod on N against current usage: the pods the API server says are on N (read fresh, under the
-   node lock, so another scheduler's bind that just finished is seen), the watch cache and the reservations of
-   binds under way; the pod itself is left out (a re-bind after a failure must not count it twice);
+2. re-fit the pod on N against current usage: the pods the API server says are bound to N (read fresh, under
+   the node lock, so another scheduler's bind that just finished is seen even when the watch lags; copies the
+   watch already applied cost nothing more), the watch cache and the reservations of binds under way; the pod
+   itself is left out (a re-bind after a failure must not count it twice);
 3. reserve the allocation in the cache, then merge-patch the pod: annotations `hami.io/vgpu-node`,
    `hami.io/vgpu-time`, `hami.io/vgpu-devices-to-allocate`, `hami.io/vgpu-devices-allocated`
    (+ `hami.io/vgpu-mig-allocations` for MIG), `hami.io/bind-phase: allocating`, `hami.io/bind-time`, and the
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -35,17 +37,17 @@ from kubernetes.client.exceptions import ApiException
 
 from services.common import wire
 from services.common.codecs import WireFormatError, encode_pod_single_device
-from services.common.kube import call_json, core_path
+from services.common.kube import core_path
+from services.common.kube_async import AsyncKube
 from services.common.log import get_logger
 from services.common.resources import NvidiaRequestConfig
 from services.scheduler.cache import Reservation, UsageCache
-from services.scheduler.decoders import pod_context
+from services.scheduler.decoders import PodContext, pod_context
 from services.scheduler.events import EventRecorder
 from services.scheduler.extender_api import BindArgs
-from services.scheduler.filtering import NORMAL, WARNING, EventText
-from services.scheduler.fit import MigAssignment, NodeFit, PodAnnotationError, SchedulingPolicy, fit_pod
+from services.scheduler.filtering import NORMAL, WARNING, EventText, fit_on
+from services.scheduler.fit import MigAssignment, NodeFit, PodAnnotationError, SchedulingPolicy
 from services.scheduler.nodelock import MERGE_PATCH, LockError, NodeLocks
-from services.scheduler.offload import offload
 
 __all__ = [
     "BIND_ANNOTATION_KEYS",
@@ -58,6 +60,7 @@ __all__ = [
 ]
 
 log = get_logger(__name__)
+_std_log = logging.getLogger(__name__)  # the stdlib logger behind `log`, for cheap level checks
 
 # Every pod annotation the bind writes (and a rollback restores).
 BIND_ANNOTATION_KEYS: Final = (
@@ -221,8 +224,11 @@ class Binder:
         lock_wait_seconds: float,
         is_leader: Callable[[], bool] = lambda: True,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        kube: AsyncKube | None = None,
     ) -> None:
-        self._api = core.api_client
+        # The bind's API calls run on the event loop (aiohttp), configured like the official client `core`.
+        self._http = kube if kube is not None else AsyncKube(core.api_client.configuration)
+        self._own_http = kube is None
         self._cache = cache
         self._locks = locks
         self._events = events
@@ -236,44 +242,48 @@ class Binder:
         self._held: dict[str, tuple[str, str]] = {}  # node -> pod holding its lock during a bind under way
         self._inflight: set[asyncio.Task[Any]] = set()
         self._closing = False
+        # node -> binds of this process under way there (from the request's arrival, lock wait included):
+        # prioritize ranks such nodes last so the next pods of a burst do not queue behind them.
+        self.pending: dict[str, int] = {}
 
-    # --- API calls (blocking, run through asyncio.to_thread) ------------------------------------------------
+    # --- API calls (on the event loop, through `AsyncKube`) -------------------------------------------------
 
-    def _read_pod(self, namespace: str, name: str) -> dict[str, Any]:
-        data: dict[str, Any] = call_json(self._api, "GET", core_path("pods", name, namespace=namespace))
+    async def _read_pod(self, namespace: str, name: str) -> dict[str, Any]:
+        data: dict[str, Any] = await self._http.request("GET", core_path("pods", name, namespace=namespace))
         return data
 
-    def _pods_on_node(self, node: str) -> list[dict[str, Any]]:
-        query = [("labelSelector", f"{wire.VGPU_NODE}={node}")]
-        pods = call_json(self._api, "GET", core_path("pods"), query=query)
+    async def _pods_on_node(self, node: str) -> list[dict[str, Any]]:
+        # Bound to the node (`spec.nodeName`, which the API server's watch cache indexes: a label selector
+        # would make it scan every pod of the cluster on each bind). A bind that got as far as the annotations
+        # but not the Binding still holds the node lock, so under our lock every pod placed on the node by a
+        # bind that ended is bound there; one left by a bind that died long ago is in the watch cache.
+        query = [("fieldSelector", f"spec.nodeName={node}")]
+        pods = await self._http.request("GET", core_path("pods"), query=query)
         items: list[dict[str, Any]] = pods.get("items") or []
         return items
-
-    def _bound_node_sync(self, namespace: str, name: str) -> str | None:
-        spec = self._read_pod(namespace, name).get("spec") or {}
-        node = spec.get("nodeName")
-        return node if isinstance(node, str) and node else None
 
     async def _bound_node(self, namespace: str, name: str) -> str | None:
         """The node the pod is bound to now (None when unbound or unreadable)."""
         try:
-            return await offload(self._bound_node_sync, namespace, name)
+            spec = (await self._read_pod(namespace, name)).get("spec") or {}
         except Exception:
             return None
+        node = spec.get("nodeName")
+        return node if isinstance(node, str) and node else None
 
-    def _patch_pod(self, namespace: str, name: str, body: dict[str, Any]) -> None:
+    async def _patch_pod(self, namespace: str, name: str, body: dict[str, Any]) -> None:
         path = core_path("pods", name, namespace=namespace)
-        call_json(self._api, "PATCH", path, body=body, content_type=MERGE_PATCH)
+        await self._http.request("PATCH", path, body=body, content_type=MERGE_PATCH)
 
-    def _post_binding(self, namespace: str, name: str, uid: str, node: str) -> None:
+    async def _post_binding(self, namespace: str, name: str, uid: str, node: str) -> None:
         body: Any = {
             "apiVersion": "v1",
             "kind": "Binding",
             "metadata": {"name": name, "namespace": namespace, **({"uid": uid} if uid else {})},
             "target": {"apiVersion": "v1", "kind": "Node", "name": node},
         }
-        call_json(
-            self._api, "POST", core_path("pods", name, namespace=namespace, subresource="binding"), body=body
+        await self._http.request(
+            "POST", core_path("pods", name, namespace=namespace, subresource="binding"), body=body
         )
 
     # --- the verb -------------------------------------------------------------------------------------------
@@ -283,11 +293,18 @@ class Binder:
         task = asyncio.current_task()
         if task is not None:
             self._inflight.add(task)
+        pending = self.pending
+        pending[args.node] = pending.get(args.node, 0) + 1
         try:
             return await self._bind(args)
         finally:
             if task is not None:
                 self._inflight.discard(task)
+            left = pending.get(args.node, 1) - 1
+            if left > 0:
+                pending[args.node] = left
+            else:
+                pending.pop(args.node, None)
 
     async def _bind(self, args: BindArgs) -> str:
         pod_ref = {"namespace": args.pod_namespace, "name": args.pod_name, "uid": args.pod_uid}
@@ -300,7 +317,7 @@ class Binder:
         try:
             pod = self.recent_pods.take(args.pod_namespace, args.pod_name, args.pod_uid)
             if pod is None:
-                pod = await offload(self._read_pod, args.pod_namespace, args.pod_name)
+                pod = await self._read_pod(args.pod_namespace, args.pod_name)
         except ApiException as exc:
             error = f"failed to get pod {args.pod_namespace}/{args.pod_name}: {_api_error(exc)}"
             self._events.record(pod_ref, [EventText(WARNING, "BindingFailed", error)])
@@ -332,7 +349,7 @@ class Binder:
                 )
             else:
                 try:
-                    error = await self._bind_gpu_pod(args, pod, uid, started, log_ctx)
+                    error = await self._bind_gpu_pod(args, pod, uid, started, log_ctx, ctx)
                 finally:
                     guard.release()
         if error:
@@ -354,7 +371,7 @@ class Binder:
 
     async def _post_only(self, args: BindArgs, uid: str) -> str:
         try:
-            await offload(self._post_binding, args.pod_namespace, args.pod_name, uid, args.node)
+            await self._post_binding(args.pod_namespace, args.pod_name, uid, args.node)
         except ApiException as exc:
             return f"failed to bind pod {args.pod_namespace}/{args.pod_name}: {_api_error(exc)}"
         except (urllib3.exceptions.HTTPError, OSError) as exc:
@@ -362,17 +379,17 @@ class Binder:
         return ""
 
     async def _bind_gpu_pod(
-        self, args: BindArgs, pod: Mapping[str, Any], uid: str, started: float, log_ctx: Any
+        self, args: BindArgs, pod: Mapping[str, Any], uid: str, started: float, log_ctx: Any, ctx: PodContext
     ) -> str:
         """Bind from `pod` (the filtered copy or a GET); when the pod moved on since that copy (a duplicate
         request for it may have bound it meanwhile), once more from a fresh read."""
         try:
-            return await self._bind_gpu_pod_from(args, pod, uid, started, log_ctx, fresh=False)
+            return await self._bind_gpu_pod_from(args, pod, uid, started, log_ctx, fresh=False, ctx=ctx)
         except _StalePod:
             log_ctx.debug("bind_pod_changed_rereading")
         ns, name = args.pod_namespace, args.pod_name
         try:
-            current = await offload(self._read_pod, ns, name)
+            current = await self._read_pod(ns, name)
         except Exception as exc:
             return _describe(exc, ns, name, args.node)
         if str((current.get("metadata") or {}).get("uid") or "") != uid:
@@ -383,7 +400,15 @@ class Binder:
             return f"pod {ns}/{name} kept changing while binding; try again"
 
     async def _bind_gpu_pod_from(
-        self, args: BindArgs, pod: Mapping[str, Any], uid: str, started: float, log_ctx: Any, *, fresh: bool
+        self,
+        args: BindArgs,
+        pod: Mapping[str, Any],
+        uid: str,
+        started: float,
+        log_ctx: Any,
+        *,
+        fresh: bool,
+        ctx: PodContext | None = None,
     ) -> str:
         """One bind attempt from `pod`. Unless the copy was just read (`fresh`), signs that an earlier bind
         of this pod got further than the copy shows (the cache counts the pod; its node lock is already the
@@ -397,7 +422,8 @@ class Binder:
             done = already_bound(pod, node, gpu=True)
             if done is not None:
                 return done
-            ctx = pod_context(pod, self._request_config)
+            if ctx is None:  # `ctx` is the context of `pod` when the caller already decoded it
+                ctx = pod_context(pod, self._request_config)
             if ctx.app_requests_gpu:
                 self._held[node] = (ns, name)
                 progress.lock_attempted = True
@@ -408,14 +434,15 @@ class Binder:
                     progress.lock_attempted = False  # an earlier bind's lock: not this attempt's to release
                     raise _StalePod()
                 progress.lock_taken = True
-            on_node = await offload(self._pods_on_node, node)
+            on_node = await self._pods_on_node(node)
             snapshot = self._cache.snapshot(node, exclude_uid=uid, fresh_pods=on_node)
             if snapshot is None:
                 health = self._cache.health(node)
                 why = health.reason if health is not None else "node unregistered"
                 raise BindError(f"node {node} cannot take GPU pods: {why}")
             try:
-                fit = fit_pod(ctx, snapshot, self._policy, self._cache.quota_view(exclude_uid=uid))
+                # The filter's verdict for this pod shape on this very node state, when the node is unchanged.
+                fit = fit_on(ctx, snapshot, self._policy, self._cache.quota_view(exclude_uid=uid))
             except PodAnnotationError as exc:
                 raise BindError(str(exc)) from None
             if not fit.fits:
@@ -447,14 +474,14 @@ class Binder:
                 patch_meta["resourceVersion"] = str(metadata["resourceVersion"])
             patch = {"metadata": patch_meta}
             try:
-                await offload(self._patch_pod, ns, name, patch)
+                await self._patch_pod(ns, name, patch)
             except ApiException as exc:
                 if exc.status == 409:
                     progress.written = None  # refused as a whole: nothing to revert
                     raise _StalePod() from None
                 raise
             try:
-                await offload(self._post_binding, ns, name, uid, node)
+                await self._post_binding(ns, name, uid, node)
             except Exception:
                 # A timed-out POST may still have bound the pod: only a pod that is not on this node now
                 # is rolled back (reverting a bound pod's allocation would strand it).
@@ -462,7 +489,8 @@ class Binder:
                     raise
                 log_ctx.info("binding_found_done_after_error")
             self._cache.commit_reservation(uid)
-            log_ctx.debug("allocation_written", devices=annotations[wire.VGPU_DEVICES_ALLOCATED])
+            if _std_log.isEnabledFor(logging.DEBUG):
+                log_ctx.debug("allocation_written", devices=annotations[wire.VGPU_DEVICES_ALLOCATED])
             return ""
         except BaseException as exc:
             error = _describe(exc, ns, name, node)
@@ -484,7 +512,7 @@ class Binder:
                 progress.before_annotations or {}, progress.before_labels or {}, progress.written
             )
             try:
-                await offload(self._patch_pod, ns, name, body)
+                await self._patch_pod(ns, name, body)
             except Exception as exc:  # the pod may be gone; nothing else to undo there
                 log_ctx.warning("bind_rollback_patch_failed", error=str(exc))
         if progress.reserved:
@@ -516,6 +544,8 @@ class Binder:
             released = await self._locks.release(node, ns, name)
             log.info("node_lock_released_on_shutdown", node=node, pod=f"{ns}/{name}", released=released)
         self._held.clear()
+        if self._own_http:
+            await self._http.close()
 
 
 def _describe(exc: BaseException, namespace: str, name: str, node: str) -> str:

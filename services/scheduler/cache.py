@@ -31,6 +31,7 @@ read builds it again. A filter over 1000 nodes therefore costs a dictionary look
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
@@ -66,6 +67,7 @@ log = get_logger(__name__)
 Obj = dict[str, Any]
 
 _DELETED: Final = "DELETED"
+_JOURNAL_LIMIT: Final = 50_000
 
 
 def _utc_now() -> datetime:
@@ -134,11 +136,26 @@ class UsageCache:
         # whatever the time (then a read needs no health check)
         self._snapshots: dict[str, tuple[CachedSnapshot, bool]] = {}
         self._versions: dict[str, int] = {}  # node -> generation of its last change
+        # The change journal: (generation, node) of every touch in order, so a reader holding results computed
+        # at generation g re-checks only the nodes changed since (`changed_since`). Trimmed from the front.
+        self._journal_generations: list[int] = []
+        self._journal_nodes: list[str] = []
+        self._journal_floor = 0  # changes at or below this generation are no longer in the journal
+        self._pod_versions: dict[str, str] = {}  # uid -> resourceVersion of the pod copy `_pods` holds
+        self._locked: set[str] = set()  # nodes whose watched state carries the node lock annotation
+        self._volatile: set[str] = set()  # nodes whose schedulability depends on the time (a handshake)
 
     def _touch(self, node: str) -> None:
         """The node's usage or inventory changed (call with the lock held): its snapshot is stale."""
         self._versions[node] = self.generation
         self._snapshots.pop(node, None)
+        self._journal_generations.append(self.generation)
+        self._journal_nodes.append(node)
+        if len(self._journal_nodes) > _JOURNAL_LIMIT:
+            cut = _JOURNAL_LIMIT // 2
+            self._journal_floor = self._journal_generations[cut - 1]
+            del self._journal_generations[:cut]
+            del self._journal_nodes[:cut]
 
     def _touch_uid(self, uid: str) -> None:
         """Stale snapshots wherever pod `uid` counts (its watched copy and its reservation)."""
@@ -158,12 +175,20 @@ class UsageCache:
         with self._lock:
             previous = self._nodes.get(name)
             state = None if event_type == _DELETED else node_state_from_object(node, previous)
+            if state is None or wire.NODE_LOCK not in state.annotations:
+                self._locked.discard(name)
+            else:
+                self._locked.add(name)
             if state is not None and previous is not None and state.schedules_like(previous):
                 # A lock taken or released: snapshots, memoised verdicts and outcomes all stay valid.
                 self._nodes[name] = state
                 return
             self.generation += 1
             self._touch(name)
+            if state is None or state.steady_health is not None:
+                self._volatile.discard(name)
+            else:
+                self._volatile.add(name)
             if state is None:
                 self._nodes.pop(name, None)
                 return
@@ -184,29 +209,49 @@ class UsageCache:
                 log.warning("pod_devices_undecodable", pod=key, error=problem)
         with self._lock:
             self.generation += 1
+            before = self._effect_of(uid)
             if usage is None:
                 self._forget(uid)
                 if self._pod_uids.get(key) == uid:
                     del self._pod_uids[key]
                 if event_type == _DELETED or pod_finished(pod):
-                    dropped = self._reservations.pop(uid, None)
-                    if dropped is not None:
-                        self._touch(dropped.node)
-                return
-            self._forget(uid)
-            self._touch(usage.node)
-            self._pods[uid] = usage
-            self._by_node.setdefault(usage.node, set()).add(uid)
-            self._pod_uids[key] = uid
-            reservation = self._reservations.get(uid)
-            if reservation is not None and _same_placement(reservation, usage):
-                # The pod's own annotations now say what the reservation said: it has done its job.
-                del self._reservations[uid]
+                    self._reservations.pop(uid, None)
+            else:
+                self._forget(uid)
+                self._pods[uid] = usage
+                self._by_node.setdefault(usage.node, set()).add(uid)
+                self._pod_uids[key] = uid
+                version = metadata.get("resourceVersion")
+                if isinstance(version, str) and version:
+                    self._pod_versions[uid] = version
+                reservation = self._reservations.get(uid)
+                if reservation is not None and _same_placement(reservation, usage):
+                    # The pod's own annotations now say what the reservation said: it has done its job.
+                    del self._reservations[uid]
+            after = self._effect_of(uid)
+            if before != after:
+                # Only an event that changes what the pod adds to a node's cards makes that node's snapshot
+                # (and every verdict on it) stale: the watch events of a bind (annotations written, then
+                # the Binding, then Allocate's bind-phase) repeat what its reservation already counted.
+                for effect in (before, after):
+                    if effect is not None:
+                        self._touch(effect[0])
+
+    def _effect_of(self, uid: str) -> tuple[str, Hashable] | None:
+        """What pod `uid` adds to its node's snapshot (call with the lock held), node first; None when it
+        counts nowhere. Two states with equal effects build identical snapshots."""
+        reservation = self._reservations.get(uid)
+        usage = reservation.as_usage() if reservation is not None else self._pods.get(uid)
+        if usage is None:
+            return None
+        allocation = tuple(tuple(slot) for slot in _trimmed(usage.effective_allocation()))
+        return usage.node, (allocation, usage.init_count, usage.sidecar_slots, usage.mig)
 
     def _forget(self, uid: str) -> None:
+        """Drop the watched copy of pod `uid` (call with the lock held; the caller touches what changed)."""
+        self._pod_versions.pop(uid, None)
         old = self._pods.pop(uid, None)
         if old is not None:
-            self._touch(old.node)
             on_node = self._by_node.get(old.node)
             if on_node is not None:
                 on_node.discard(uid)
@@ -233,9 +278,27 @@ class UsageCache:
     def reserve(self, reservation: Reservation) -> None:
         with self._lock:
             self.generation += 1
+            # A pod that counted nowhere adds its usage to the node: the node's next snapshot is the current
+            # one plus this pod (usage is additive), derived here instead of rebuilt from every pod there.
+            entry = None
+            if self._effect_of(reservation.uid) is None and not reservation.mig:
+                entry = self._snapshots.get(reservation.node)
             self._touch_uid(reservation.uid)
             self._reservations[reservation.uid] = reservation
             self._touch(reservation.node)
+            if entry is not None:
+                previous, steady = entry
+                devices = [replace(device) for device in previous.devices]
+                apply_allocation(
+                    devices, reservation.allocation, reservation.init_count, reservation.sidecar_slots
+                )
+                derived = CachedSnapshot(
+                    name=previous.name,
+                    devices=devices,
+                    annotations=previous.annotations,
+                    mig_placements=previous.mig_placements,
+                )
+                self._snapshots[reservation.node] = (derived, steady)
 
     def commit_reservation(self, uid: str) -> None:
         """The bind succeeded: keep counting until the pod's annotations arrive through the watch."""
@@ -245,8 +308,11 @@ class UsageCache:
                 current = self._pods.get(uid)
                 if current is not None and _same_placement(reservation, current):
                     self.generation += 1
-                    self._touch_uid(uid)
+                    before = self._effect_of(uid)
                     del self._reservations[uid]
+                    if self._effect_of(uid) != before:
+                        self._touch(reservation.node)
+                        self._touch(current.node)
                 else:
                     self._reservations[uid] = replace(reservation, committed=True, created=time.monotonic())
 
@@ -276,6 +342,31 @@ class UsageCache:
     def reservations(self) -> list[Reservation]:
         with self._lock:
             return list(self._reservations.values())
+
+    def busy_nodes(self) -> set[str]:
+        """Nodes where a bind is under way as far as the cache knows: a reservation not yet bound, or the node
+        lock held (until the device plugin's Allocate releases it). A bind there would queue on the lock."""
+        with self._lock:
+            busy = set(self._locked)
+            busy.update(r.node for r in self._reservations.values() if not r.committed)
+        return busy
+
+    def changed_since(self, generation: int) -> tuple[int, set[str] | None]:
+        """(the current generation, the nodes touched after `generation`); None for the nodes when the journal
+        no longer reaches back that far (treat every node as changed)."""
+        with self._lock:
+            current = self.generation
+            if generation < self._journal_floor:
+                return current, None
+            gens = self._journal_generations
+            start = bisect.bisect_right(gens, generation)
+            return current, set(self._journal_nodes[start:])
+
+    def volatile_nodes(self) -> frozenset[str]:
+        """Nodes whose schedulability depends on the time (a handshake awaiting the kubelet): a result about
+        them holds only at the moment it is computed."""
+        with self._lock:
+            return frozenset(self._volatile)
 
     # --- reads ----------------------------------------------------------------------------------------------
 
@@ -383,10 +474,15 @@ class UsageCache:
         `fresh_pods` are pod objects just read from the API that take precedence over the watch's copies
         (the bind-time re-fit under the node lock).
         """
+        override: dict[str, PodUsage] | None = None
         if fresh_pods is not None:
-            override: dict[str, PodUsage] | None = self._usages_of(fresh_pods)
-        else:
-            override = None
+            fresh = list(fresh_pods)
+            with self._lock:
+                # A fresh copy at the resourceVersion the watch already applied says nothing new: only the
+                # others override (and with none left, the shared snapshot and its verdicts serve).
+                versions = self._pod_versions
+                fresh = [pod for pod in fresh if not _same_version(versions, pod)]
+            override = self._usages_of(fresh) if fresh else None
         with self._lock:
             # The shared snapshot serves every read that would build the same thing: no fresh pods, and the
             # excluded pod (if any) does not count on this node. First the hot path of a filter over many
@@ -521,6 +617,14 @@ class UsageCache:
             memory_resource=self._memory_resource,
             core_resource=self._core_resource,
         )
+
+
+def _same_version(versions: Mapping[str, str], pod: Obj) -> bool:
+    """Whether `versions` (uid -> resourceVersion of the copies the cache counts) holds exactly this copy."""
+    metadata = metadata_of(pod)
+    version = metadata.get("resourceVersion")
+    uid = metadata.get("uid")
+    return bool(version) and isinstance(uid, str) and versions.get(uid) == version
 
 
 def _trimmed(allocation: PodSingleDevice) -> PodSingleDevice:

@@ -250,6 +250,74 @@ def pod_usage_from_object(pod: Mapping[str, Any]) -> tuple[PodUsage | None, str 
     return usage, None
 
 
+# The annotations `pod_usage_from_object` reads.
+_USAGE_ANNOTATIONS: Final = (
+    wire.VGPU_NODE,
+    wire.VGPU_TIME,
+    wire.VGPU_DEVICES_ALLOCATED,
+    wire.VGPU_MIG_ALLOCATIONS,
+    wire.BIND_PHASE,
+)
+_KEPT_METADATA: Final = ("name", "namespace", "uid", "resourceVersion", "deletionTimestamp")
+
+
+def pod_usage_fields(pod: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a pod object that `pod_usage_from_object` and `pod_finished` read, nothing else: the
+    scheduler's pod watch keeps only these (a cluster's pods carry managed fields, env, volumes, ... that it
+    never reads, several kB each). Both functions answer the same for the result as for `pod`."""
+    metadata = metadata_of(pod)
+    kept: dict[str, Any] = {key: metadata[key] for key in _KEPT_METADATA if key in metadata}
+    annotations = _mapping(metadata.get("annotations"))
+    kept["annotations"] = {key: annotations[key] for key in _USAGE_ANNOTATIONS if key in annotations}
+    spec = _mapping(pod.get("spec"))
+    status = _mapping(pod.get("status"))
+    slim: dict[str, Any] = {"metadata": kept}
+    if "initContainers" in spec:
+        inits = spec["initContainers"]
+        slim["spec"] = {
+            "initContainers": [
+                {key: c[key] for key in ("name", "restartPolicy") if key in c}
+                if isinstance(c, Mapping)
+                else c
+                for c in inits
+            ]
+            if isinstance(inits, list)
+            else inits
+        }
+    slim_status = {key: status[key] for key in ("phase",) if key in status}
+    statuses = status.get("initContainerStatuses")
+    if statuses is not None:
+        slim_status["initContainerStatuses"] = (
+            [
+                {"name": s.get("name"), "state": {"terminated": _mapping(s.get("state")).get("terminated")}}
+                if isinstance(s, Mapping)
+                else s
+                for s in statuses
+            ]
+            if isinstance(statuses, list)
+            else statuses
+        )
+    if slim_status:
+        slim["status"] = slim_status
+    return slim
+
+
+def node_state_fields(node: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a Node object that `node_state_from_object` reads (metadata without managed fields,
+    status.allocatable and status.capacity): the scheduler's node watch keeps only these."""
+    metadata = metadata_of(node)
+    kept = {
+        key: metadata[key]
+        for key in ("name", "uid", "resourceVersion", "labels", "annotations")
+        if key in metadata
+    }
+    status = _mapping(node.get("status"))
+    return {
+        "metadata": kept,
+        "status": {key: status[key] for key in ("allocatable", "capacity") if key in status},
+    }
+
+
 def pod_finished(pod: Mapping[str, Any]) -> bool:
     """Whether the pod has run to completion (phase Succeeded or Failed): it holds no usage any more."""
     phase = _mapping(pod.get("status")).get("phase")

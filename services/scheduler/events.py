@@ -15,6 +15,7 @@ from typing import Any
 from kubernetes import client
 
 from services.common.kube import call_json, core_path
+from services.common.kube_async import AsyncKube
 from services.common.log import get_logger
 from services.scheduler.event_correlation import Correlation, EventCorrelator, EventSource, InvolvedObject
 from services.scheduler.filtering import EventText
@@ -22,6 +23,8 @@ from services.scheduler.filtering import EventText
 __all__ = ["EventRecorder", "event_body"]
 
 log = get_logger(__name__)
+
+_WRITE_TIMEOUT = 30.0  # seconds one Event write may take on the event loop before the worker gives up
 
 
 def _rfc3339(moment: datetime) -> str:
@@ -94,8 +97,14 @@ class EventRecorder:
         max_pending: int = 1000,
         batch_delay: float = 0.05,
         correlator: EventCorrelator | None = None,
+        kube: AsyncKube | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self._core = core
+        # With both: the writes go through `kube` on `loop` (the process's event loop, aiohttp), which costs
+        # about a third less CPU than the official client's blocking call; the worker thread only waits.
+        self._http = kube
+        self._loop = loop
         self._component = component
         self._enabled = enabled and core is not None
         self._clock = clock
@@ -120,6 +129,7 @@ class EventRecorder:
             return
         now = self._clock()
         with self._cond:
+            waiting = bool(self._pending)  # the worker was woken for those already
             for event in events:
                 key = (
                     pod.get("namespace") or "",
@@ -144,7 +154,10 @@ class EventRecorder:
                 if self._thread is None:
                     self._thread = threading.Thread(target=self._run, name="event-recorder", daemon=True)
                     self._thread.start()
-                self._cond.notify_all()
+                if not waiting:
+                    # Only the first event of a batch wakes the worker: waking it for every event would cut
+                    # its batch delay short each time (one post per wake-up, and a thread switch per verb).
+                    self._cond.notify_all()
 
     def _run(self) -> None:
         while True:
@@ -199,7 +212,7 @@ class EventRecorder:
                 "event_post_failed",
                 pod=f"{namespace}/{body['involvedObject']['name']}",
                 reason=body["reason"],
-                error=str(exc),
+                error=str(exc) or type(exc).__name__,
             )
 
     def _write(self, namespace: str, body: dict[str, Any], correlation: Correlation) -> str:
@@ -224,20 +237,24 @@ class EventRecorder:
             self.patched += 1
         return name
 
+    def _call(self, method: str, path: str, body: Any, content_type: str = "application/json") -> None:
+        """One write from the worker thread: on the event loop when there is one, else blocking."""
+        loop = self._loop
+        if self._http is not None and loop is not None and loop.is_running() and not loop.is_closed():
+            request = self._http.request(method, path, body=body, content_type=content_type)
+            asyncio.run_coroutine_threadsafe(request, loop).result(timeout=_WRITE_TIMEOUT)
+            return
+        assert self._core is not None
+        call_json(self._core.api_client, method, path, body=body, content_type=content_type)
+
     def _send(self, namespace: str, body: dict[str, Any]) -> None:
         """POST one Event (the answer is read whole, so its connection goes back to the pool)."""
-        assert self._core is not None
-        call_json(self._core.api_client, "POST", core_path("events", namespace=namespace), body=body)
+        self._call("POST", core_path("events", namespace=namespace), body)
 
     def _patch(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
         """Merge-patch one Event's count, lastTimestamp and message."""
-        assert self._core is not None
-        call_json(
-            self._core.api_client,
-            "PATCH",
-            core_path("events", name, namespace=namespace),
-            body=patch,
-            content_type="application/merge-patch+json",
+        self._call(
+            "PATCH", core_path("events", name, namespace=namespace), patch, "application/merge-patch+json"
         )
 
     def _idle(self, timeout: float) -> bool:

@@ -9,7 +9,12 @@ Routes: POST /filter, /prioritize, /bind; GET /healthz, /readyz.
   objects back.
 - prioritize ranks the candidates 0-10 by the node policy (binpack: busiest first, spread: emptiest first).
   Called for the pod just filtered (kube-scheduler's cycle, within 1 s) with nodes that passed, it scores from
-  that filter's outcome instead of fitting every node again when the cache changed in between.
+  that filter's outcome instead of fitting every node again when the cache changed in between. Candidates
+  where a bind is under way (a bind request here, a reservation not yet bound, a held node lock, or the node
+  just ranked alone at the top for another pod whose bind has not arrived) rank last, so the pods of a burst
+  spread over equally good nodes instead of queueing on one node's lock.
+- filter fits incrementally (`services.scheduler.verdicts`): per pod shape, only nodes whose usage changed
+  since the previous cycle are fitted again.
 - bind (leader only) re-fits, reserves and binds; see `services.scheduler.bind`.
 
 Every failure is answered in the verb's own shape (`Error`) with HTTP 200, as HAMi does, and logged; bodies
@@ -22,7 +27,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any, Final
 
 from aiohttp import web
@@ -53,8 +58,15 @@ from services.scheduler.filtering import (
     failure_events,
     success_event,
 )
-from services.scheduler.fit import NodeSnapshot, PodAnnotationError, SchedulingPolicy, priority_scores
+from services.scheduler.fit import (
+    NodeFit,
+    NodeSnapshot,
+    PodAnnotationError,
+    SchedulingPolicy,
+    priority_scores,
+)
 from services.scheduler.metrics import SchedulerMetrics
+from services.scheduler.verdicts import VerdictTables
 
 __all__ = ["MAX_BODY_BYTES", "Extender"]
 
@@ -69,6 +81,15 @@ _OUTCOMES_LIMIT: Final = 32
 # (binds and watch events land between the two calls under load; re-walking every node for scores that
 # are advisory, the bind re-fits anyway, would double the cycle's cost).
 _PRIORITIZE_REUSE_SECONDS: Final = 1.0
+# How long a pod's top-ranked node counts as its likely pick (busy for the next pods) while its bind has not
+# arrived; kube-scheduler's binding cycle reaches the extender within milliseconds of the scheduling cycle.
+_PICK_SECONDS: Final = 2.0
+_PICKS_LIMIT: Final = 1024
+
+
+# What prioritize ranks: the candidates' verdicts, the node policy, and where (dict, key) the plain policy
+# scores of exactly these verdicts may be kept for a later call ("" key: nowhere).
+_Ranking = tuple[Sequence[NodeFit], str, dict[str, Any], str]
 
 
 def _json(data: Any) -> web.Response:
@@ -117,6 +138,9 @@ class Extender:
         # The last filter's outcome: (pod uid, evaluation key, outcome, when), for its prioritize call.
         self._last_filter: tuple[str, Hashable, FilterOutcome, float] | None = None
         self._evaluated_shape: Hashable | None = None  # the evaluation key `_evaluate` last used
+        self._verdicts = VerdictTables(cache)
+        self._picks: dict[str, tuple[str, float]] = {}  # pod uid -> (its likely node, when ranked)
+        self._last_context: tuple[tuple[str, str], PodContext] | None = None  # ((uid, rv), its context)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES)
@@ -148,6 +172,22 @@ class Extender:
             await asyncio.sleep(0.1)
         return True
 
+    def _pod_context(self, pod: dict[str, Any]) -> PodContext:
+        """`pod_context` of the pod, decoded once per pod version (filter and prioritize of one scheduling
+        cycle send the same pod)."""
+        metadata = pod.get("metadata")
+        key = None
+        if isinstance(metadata, dict):
+            uid, version = metadata.get("uid"), metadata.get("resourceVersion")
+            if isinstance(uid, str) and uid and isinstance(version, str) and version:
+                key = (uid, version)
+        if key is not None and self._last_context is not None and self._last_context[0] == key:
+            return self._last_context[1]
+        ctx = pod_context(pod, self._request_config)
+        if key is not None:
+            self._last_context = (key, ctx)
+        return ctx
+
     def _evaluate(self, ctx: PodContext, args: ExtenderArgs) -> FilterOutcome:
         self._evaluated_shape = None
         exclude = ctx.uid or None
@@ -160,22 +200,28 @@ class Extender:
             return evaluate(ctx, names, objects, self._policy, quota)
         shape = evaluation_key(ctx, self._policy, quota)
         self._evaluated_shape = shape
+        held = bool(exclude) and self._cache.holds(exclude or "")
         key = (shape, tuple(names)) if shape is not None else None
-        if key is not None and self._outcomes_generation == self._cache.generation:
+        generation = self._cache.generation
+        if key is not None and self._outcomes_generation == generation and not held:
             outcome = self._outcomes.get(key)
-            if outcome is not None and not (exclude and self._cache.holds(exclude)):
+            if outcome is not None:
                 return outcome
-        snapshots, generation = self._cache.snapshots(names, exclude_uid=exclude)
-        outcome = evaluate(ctx, names, snapshots, self._policy, quota)
-        if key is not None and generation is not None:
+        if shape is None or held:
+            # Not memoisable (a namespace with a GPU quota), or the pod counts somewhere (a re-filter must
+            # leave its own usage out): every candidate fitted against snapshots taken for this pod.
+            snapshots, _ = self._cache.snapshots(names, exclude_uid=exclude)
+            return evaluate(ctx, names, snapshots, self._policy, quota)
+        outcome = self._verdicts.evaluate(shape, ctx, names, self._policy, quota)
+        if key is not None and self._cache.generation == generation and not self._cache.volatile_nodes():
             if generation != self._outcomes_generation or len(self._outcomes) >= _OUTCOMES_LIMIT:
                 self._outcomes.clear()
                 self._outcomes_generation = generation
             self._outcomes[key] = outcome
         return outcome
 
-    def _filter_scores(self, ctx: PodContext, args: ExtenderArgs) -> dict[str, int] | None:
-        """The scores of the nodes `args` names from the outcome of this pod's filter just before (the same
+    def _cycle_fits(self, ctx: PodContext, args: ExtenderArgs) -> _Ranking | None:
+        """The verdicts of the nodes `args` names from the outcome of this pod's filter just before (the same
         scheduling cycle), when every one of them passed that filter; None when prioritize must evaluate."""
         last = self._last_filter
         if last is None or args.nodes is not None or not ctx.uid:
@@ -183,19 +229,71 @@ class Extender:
         uid, shape, outcome, when = last
         if uid != ctx.uid or time.monotonic() - when > _PRIORITIZE_REUSE_SECONDS:
             return None
-        if self._outcomes_generation == self._cache.generation:
-            return None  # nothing changed: `_evaluate` answers from the outcome cache, reply body included
         names = args.candidate_names
-        fitting = {f.node: f for f in outcome.fitting}
-        verdicts = [fitting.get(name) for name in names]
-        if not verdicts or any(v is None for v in verdicts):
-            return None
+        ranking: _Ranking
+        if names == outcome.derived.get("fitting_names"):
+            # The usual cycle: kube-scheduler asks about exactly the nodes the filter passed.
+            ranking = (outcome.fitting, outcome.policy.node_policy, outcome.derived, "fitting_scores")
+        else:
+            fitting = {f.node: f for f in outcome.fitting}
+            verdicts = [fitting.get(name) for name in names]
+            if not verdicts or any(v is None for v in verdicts):
+                return None
+            fits = [v for v in verdicts if v is not None]
+            ranking = (fits, outcome.policy.node_policy, {}, "")
         try:
             if evaluation_key(ctx, self._policy, self._cache.quota_view(exclude_uid=ctx.uid)) != shape:
                 return None
         except PodAnnotationError:
             return None
-        return priority_scores([v for v in verdicts if v is not None], outcome.policy.node_policy)
+        return ranking
+
+    def _busy_nodes(self, uid: str) -> set[str]:
+        """Nodes where a bind is under way or about to start: a bind request of this process (lock wait
+        included), a reservation not yet bound, the node lock held, or the node this extender ranked alone at
+        the top for another pod within `_PICK_SECONDS` whose bind has not arrived yet (kube-scheduler runs the
+        next scheduling cycle while the previous pod's binding cycle is still on its way here)."""
+        busy = self._cache.busy_nodes()
+        if self._binder is not None:
+            busy.update(self._binder.pending)
+        picks = self._picks
+        if picks:
+            now = time.monotonic()
+            for other, (node, when) in list(picks.items()):
+                if now - when > _PICK_SECONDS:
+                    del picks[other]
+                elif other != uid:
+                    busy.add(node)
+        return busy
+
+    def _rank(self, uid: str, ranking: _Ranking, names: list[str]) -> dict[str, int]:
+        """The prioritize scores: the node policy's 0..10 over the candidates, except that candidates with a
+        bind under way (`_busy_nodes`) rank last (0) and the policy's range spans the others, so consecutive
+        pods of a burst spread over equally good nodes instead of queueing on one node's lock; the policy's
+        order alone when every fitting candidate is busy or none is. Remembers this pod's unique top node as
+        its likely pick until its bind arrives."""
+        fits, node_policy, memo, memo_key = ranking
+        busy = self._busy_nodes(uid)
+        hit = [f.node for f in fits if f.fits and f.node in busy] if busy else []
+        if hit and len(hit) < sum(1 for f in fits if f.fits):
+            scores = priority_scores([f for f in fits if f.node not in busy], node_policy)
+            for node in hit:
+                scores[node] = 0
+        else:
+            known: dict[str, int] | None = memo.get(memo_key) if memo_key else None
+            scores = known if known is not None else priority_scores(fits, node_policy)
+            if memo_key:
+                memo[memo_key] = scores
+        if uid:
+            top = max(scores.values(), default=0)
+            leaders = [name for name in names if scores.get(name) == top] if top > 0 else []
+            if len(leaders) == 1:
+                self._picks[uid] = (leaders[0], time.monotonic())
+                if len(self._picks) > _PICKS_LIMIT:
+                    del self._picks[next(iter(self._picks))]
+            else:
+                self._picks.pop(uid, None)
+        return scores
 
     # --- verbs ----------------------------------------------------------------------------------------------
 
@@ -215,8 +313,7 @@ class Extender:
         except ExtenderRequestError as exc:
             log.warning("filter_bad_request", error=str(exc), remote=request.remote)
             return filter_result(error=str(exc))
-        ctx = pod_context(args.pod, self._request_config)
-        log_ctx = log.bind(pod=f"{ctx.namespace}/{ctx.name}")
+        ctx = self._pod_context(args.pod)
         if not ctx.has_gpu_request:
             # Not ours: every candidate passes, exactly as sent.
             if args.nodes is not None:
@@ -230,14 +327,17 @@ class Extender:
             outcome = self._evaluate(ctx, args)
         except PodAnnotationError as exc:
             self._events.record(_pod_ref(ctx), [EventText(WARNING, "FilteringFailed", str(exc))])
-            log_ctx.warning("filter_pod_error", error=str(exc))
+            log.warning("filter_pod_error", pod=f"{ctx.namespace}/{ctx.name}", error=str(exc))
             return filter_result(error=str(exc))
         if args.nodes is None and ctx.uid and self._evaluated_shape is not None:
             self._last_filter = (ctx.uid, self._evaluated_shape, outcome, time.monotonic())
+        chosen: list[str]
         if self._filter_mode == "hami":
             chosen = [outcome.best.node] if outcome.best is not None else []
         else:
-            chosen = outcome.fitting_names
+            known: list[str] | None = outcome.derived.get("fitting_names")
+            chosen = known if known is not None else outcome.fitting_names
+            outcome.derived["fitting_names"] = chosen
         events = outcome.derived.get("events")
         if events is None:
             events = outcome.derived["events"] = (
@@ -245,9 +345,12 @@ class Extender:
             )
         self._events.record(_pod_ref(ctx), events)
         best = outcome.best.node if outcome.best is not None else None
-        log_ctx.info("filtered", fit=len(chosen), failed=len(outcome.failed), best=best)
-        if _std_log.isEnabledFor(logging.DEBUG):  # names only at debug level: 1000 of them per filter
-            log_ctx.debug("filtered_nodes", fit=chosen, failed=sorted(outcome.failed))
+        if _std_log.isEnabledFor(logging.DEBUG):
+            # Debug level: the pod's FilteringSucceed/FilteringFailed event says the same, and a log line per
+            # scheduling cycle costs as much as the rest of a filter that the verdict tables answer.
+            pod = f"{ctx.namespace}/{ctx.name}"
+            log.debug("filtered", pod=pod, fit=len(chosen), failed=len(outcome.failed), best=best)
+            log.debug("filtered_nodes", pod=pod, fit=chosen, failed=sorted(outcome.failed))
         if args.nodes is not None:
             by_name = {node_name(n): n for n in args.nodes}
             return filter_result(nodes=[by_name[n] for n in chosen], failed=outcome.failed)
@@ -266,23 +369,20 @@ class Extender:
             except ExtenderRequestError as exc:
                 log.warning("prioritize_bad_request", error=str(exc), remote=request.remote)
                 return web.json_response({"Error": str(exc)}, status=400)
-            ctx = pod_context(args.pod, self._request_config)
+            ctx = self._pod_context(args.pod)
             names = args.candidate_names
             if not ctx.has_gpu_request or not await self._wait_ready():
                 return web.json_response(priority_list({}, names))
-            reused = self._filter_scores(ctx, args)
-            if reused is not None:
-                return _json(encode_priority_list(reused, names))
-            try:
-                outcome = self._evaluate(ctx, args)
-            except PodAnnotationError as exc:
-                return web.json_response({"Error": str(exc)}, status=400)
-            answer = outcome.derived.get("prioritize")
-            if answer is None:
-                answer = encode_priority_list(outcome.priorities(), names)
-                if args.nodes is None:  # the outcome (and so this answer) is reused only for the same names
-                    outcome.derived["prioritize"] = answer
-            return _json(answer)
+            ranking = self._cycle_fits(ctx, args)
+            if ranking is None:
+                try:
+                    outcome = self._evaluate(ctx, args)
+                except PodAnnotationError as exc:
+                    return web.json_response({"Error": str(exc)}, status=400)
+                # The outcome (and so its scores) is reused only for the same names.
+                memo_key = "scores" if args.nodes is None else ""
+                ranking = (outcome.verdicts, outcome.policy.node_policy, outcome.derived, memo_key)
+            return _json(encode_priority_list(self._rank(ctx.uid, ranking, names), names))
         except Exception as exc:
             log.exception("prioritize_failed")
             return web.json_response({"Error": f"internal error: {type(exc).__name__}: {exc}"}, status=500)
@@ -302,6 +402,7 @@ class Extender:
                 if self._binder is None:
                     error = self._not_ready_error
                 else:
+                    self._picks.pop(args.pod_uid, None)  # the binder's own bookkeeping takes over
                     error = await self._binder.bind(args)
         except Exception as exc:
             log.exception("bind_crashed")

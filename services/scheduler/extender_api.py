@@ -182,23 +182,27 @@ def priority_list(scores: Mapping[str, int], order: Sequence[str]) -> list[Obj]:
     return [{"Host": host, "Score": int(scores.get(host, 0))} for host in order]
 
 
-_HOST_PREFIXES: dict[str, str] = {}
-_HOST_PREFIXES_LIMIT = 100_000
+_HOST_FRAGMENTS: dict[str, tuple[str, ...]] = {}
+_HOST_FRAGMENTS_LIMIT = 100_000
+_FRAGMENT_SCORES = 11  # kube-scheduler's extender scores are 0..MaxExtenderPriority (10)
 
 
 def encode_priority_list(scores: Mapping[str, int], order: Sequence[str]) -> str:
-    """`priority_list(scores, order)` as JSON text, built from per-host fragments: the prioritize answer for
-    1000 candidates is encoded on every scheduling cycle, and building 1000 dicts for `json.dumps` costs
-    several times this."""
-    prefixes = _HOST_PREFIXES
-    if len(prefixes) > _HOST_PREFIXES_LIMIT:
-        prefixes.clear()
+    """`priority_list(scores, order)` as JSON text, built from per-host fragments (`{"Host":"n","Score":7}`
+    kept per host for every score 0..10): the prioritize answer for hundreds of candidates is encoded on
+    every scheduling cycle, and building a dict per host for `json.dumps` costs several times this."""
+    fragments = _HOST_FRAGMENTS
+    if len(fragments) > _HOST_FRAGMENTS_LIMIT:
+        fragments.clear()
     parts = []
+    get = scores.get
     for host in order:
-        prefix = prefixes.get(host)
-        if prefix is None:
-            prefix = prefixes[host] = '{"Host":' + json.dumps(host) + ',"Score":'
-        parts.append(prefix + str(int(scores.get(host, 0))) + "}")
+        score = int(get(host, 0))
+        known = fragments.get(host)
+        if known is None:
+            prefix = '{"Host":' + json.dumps(host) + ',"Score":'
+            known = fragments[host] = tuple(f"{prefix}{value}}}" for value in range(_FRAGMENT_SCORES))
+        parts.append(known[score] if 0 <= score < _FRAGMENT_SCORES else f"{known[0][:-2]}{score}}}")
     return "[" + ",".join(parts) + "]"
 
 

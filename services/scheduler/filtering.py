@@ -39,6 +39,7 @@ __all__ = [
     "evaluate",
     "evaluation_key",
     "failure_events",
+    "fit_on",
     "success_event",
 ]
 
@@ -144,6 +145,25 @@ def evaluate(
         best=choose_best(fitting, resolved.node_policy),
         fitting=tuple(fitting),
     )
+
+
+def fit_on(
+    pod: PodContext, snapshot: NodeSnapshot, policy: SchedulingPolicy, quota: QuotaView | None = None
+) -> NodeFit:
+    """`fit_pod` on one node, through the verdicts memoised on a shared `CachedSnapshot` (the bind's re-fit
+    on a node unchanged since the filter answers from the filter's own verdict)."""
+    resolved = policy.resolve(pod.annotations)
+    key = _memo_key(pod, resolved, quota)
+    if key is None or not isinstance(snapshot, CachedSnapshot):
+        return fit_pod(pod, snapshot, resolved, quota)
+    memo = snapshot.fits
+    found = memo.get(key)
+    if found is None:
+        found = fit_pod(pod, snapshot, resolved, quota)
+        if len(memo) >= _MEMO_LIMIT:
+            memo.clear()
+        memo[key] = found
+    return found
 
 
 def evaluation_key(

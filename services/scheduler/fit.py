@@ -23,7 +23,6 @@ kube-vgpu decisions that differ from HAMi v2.10, each a documented choice:
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -506,14 +505,14 @@ def priority_scores(fits: Sequence[NodeFit], node_policy: str) -> dict[str, int]
             result[f.node] = MAX_PRIORITY if f.fits else 0
         return result
     span = high - low
-    spread = _spread(node_policy)
-    floor = math.floor
-    for f in fits:
-        if not f.fits:
-            result[f.node] = 0
-        else:
-            share = (high - f.score) if spread else (f.score - low)
-            result[f.node] = min(MAX_PRIORITY, max(0, floor(share / span * MAX_PRIORITY + 0.5)))
+    # low <= score <= high, so share / span * MAX_PRIORITY + 0.5 lies in [0.5, MAX_PRIORITY + 0.5]: `int`
+    # rounds it down exactly as floor does for non-negative values, and it needs no clamping.
+    if _spread(node_policy):
+        for f in fits:
+            result[f.node] = int((high - f.score) / span * MAX_PRIORITY + 0.5) if f.fits else 0
+    else:
+        for f in fits:
+            result[f.node] = int((f.score - low) / span * MAX_PRIORITY + 0.5) if f.fits else 0
     return result
 
 

@@ -28,10 +28,10 @@ from kubernetes.client.exceptions import ApiException
 
 from services.common import wire
 from services.common.codecs import WireFormatError, encode_node_lock, parse_node_lock
-from services.common.kube import KUBE_ERRORS, call_json, core_path
+from services.common.kube import KUBE_ERRORS, core_path
+from services.common.kube_async import AsyncKube
 from services.common.log import get_logger
 from services.common.model import NodeLock
-from services.scheduler.offload import offload
 
 __all__ = [
     "LockError",
@@ -177,8 +177,11 @@ class NodeLocks:
         poll_initial: float = 0.02,
         poll_max: float = 0.25,
         node_view: Callable[[str], tuple[str | None, str] | None] | None = None,
+        kube: AsyncKube | None = None,
     ) -> None:
-        self._api = core.api_client
+        # The calls run on the event loop (aiohttp), configured like the official client `core`.
+        self._http = kube if kube is not None else AsyncKube(core.api_client.configuration)
+        self._own_http = kube is None
         # The watch cache's (lock value, resourceVersion) of a node: the first attempt of an acquire decides
         # from it and writes with its resourceVersion, saving a GET per bind; a stale view only costs the
         # 409 that sends the next attempt to the API.
@@ -188,24 +191,31 @@ class NodeLocks:
         self._poll_initial = poll_initial
         self._poll_max = poll_max
 
-    # --- raw API calls (blocking; called through asyncio.to_thread) -----------------------------------------
+    # --- raw API calls (on the event loop) ---------------------------------------------------------------
 
-    def _read_node(self, node: str) -> dict[str, Any]:
-        data: dict[str, Any] = call_json(self._api, "GET", core_path("nodes", node))
+    async def _read_node(self, node: str) -> dict[str, Any]:
+        data: dict[str, Any] = await self._http.request("GET", core_path("nodes", node))
         return data
 
-    def _read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+    async def _read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            data: dict[str, Any] = call_json(self._api, "GET", core_path("pods", name, namespace=namespace))
+            data: dict[str, Any] = await self._http.request(
+                "GET", core_path("pods", name, namespace=namespace)
+            )
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise
         return data
 
-    def _write(self, node: str, value: str | None, resource_version: str) -> None:
+    async def _write(self, node: str, value: str | None, resource_version: str) -> None:
         body = {"metadata": {"annotations": {wire.NODE_LOCK: value}, "resourceVersion": resource_version}}
-        call_json(self._api, "PATCH", core_path("nodes", node), body=body, content_type=MERGE_PATCH)
+        await self._http.request("PATCH", core_path("nodes", node), body=body, content_type=MERGE_PATCH)
+
+    async def close(self) -> None:
+        """Close the HTTP session this instance made for itself (none when the caller handed one in)."""
+        if self._own_http:
+            await self._http.close()
 
     # --- protocol -------------------------------------------------------------------------------------------
 
@@ -227,7 +237,7 @@ class NodeLocks:
                     value, resource_version = view
                     view = None
                 else:
-                    obj = await offload(self._read_node, node)
+                    obj = await self._read_node(node)
                     value, resource_version = _annotations(obj).get(wire.NODE_LOCK), _resource_version(obj)
                 state = inspect_lock(
                     value if isinstance(value, str) else None, namespace, name, self._clock(), self._ttl
@@ -240,7 +250,7 @@ class NodeLocks:
                 why = state.detail
                 if not take and state.lock is not None and not state.lock.is_legacy:
                     assert state.lock.namespace is not None and state.lock.name is not None
-                    owner = await offload(self._read_pod, state.lock.namespace, state.lock.name)
+                    owner = await self._read_pod(state.lock.namespace, state.lock.name)
                     reason = owner_release_reason(owner)
                     if reason is not None:
                         take, why = True, f"{state.detail}; {reason}"
@@ -248,9 +258,7 @@ class NodeLocks:
                     if state.verdict is not LockVerdict.FREE:
                         log.info("node_lock_takeover", node=node, previous=value, why=why)
                     try:
-                        await offload(
-                            self._write, node, lock_value(namespace, name, self._clock()), resource_version
-                        )
+                        await self._write(node, lock_value(namespace, name, self._clock()), resource_version)
                         return True
                     except ApiException as exc:
                         if exc.status != 409:
@@ -295,7 +303,7 @@ class NodeLocks:
         if age is None:
             return False
         try:
-            await offload(self._write, node, None, resource_version)
+            await self._write(node, None, resource_version)
         except ApiException as exc:
             if exc.status not in (404, 409):
                 error = f"{exc.status} {exc.reason}"
@@ -311,11 +319,11 @@ class NodeLocks:
         """Remove the lock if pod `namespace/name` holds it (never someone else's); True when removed."""
         for attempt in range(_WRITE_RETRIES):
             try:
-                obj = await offload(self._read_node, node)
+                obj = await self._read_node(node)
                 value = _annotations(obj).get(wire.NODE_LOCK)
                 if not owned_by(value if isinstance(value, str) else None, namespace, name):
                     return False
-                await offload(self._write, node, None, _resource_version(obj))
+                await self._write(node, None, _resource_version(obj))
                 log.debug("node_lock_released", node=node, pod=f"{namespace}/{name}")
                 return True
             except ApiException as exc:

@@ -40,11 +40,13 @@ from services.common.kube import (
     new_api_client,
     raw_json,
 )
+from services.common.kube_async import AsyncKube
 from services.common.log import get_logger
 from services.common.reflector import Reflector
 from services.scheduler.bind import Binder
 from services.scheduler.cache import UsageCache
 from services.scheduler.config import SchedulerConfig
+from services.scheduler.decoders import node_state_fields, pod_usage_fields
 from services.scheduler.events import EventRecorder
 from services.scheduler.extender import Extender
 from services.scheduler.health import handshake_value
@@ -64,6 +66,10 @@ _RESERVATION_MAX_AGE: Final = 120.0
 # Garbage collector thresholds once the caches are listed (and the listed objects frozen): young collections
 # less often, so a verb is rarely the one that pays for one.
 _GC_THRESHOLDS: Final = (20_000, 50, 100)
+# Connections of the event loop's HTTP pools: binds and node locks (a burst has dozens of binds in flight,
+# a few calls each), and events (best effort; a burst's excess waits in the recorder's queue).
+_BIND_CONNECTIONS: Final = 64
+_EVENT_CONNECTIONS: Final = 8
 _gc_tuned = False
 
 
@@ -105,6 +111,9 @@ class SchedulerRuntime:
         self.api: client.ApiClient | None = None
         self._watch_api: client.ApiClient | None = None
         self.core: client.CoreV1Api | None = None
+        # The binds' and node locks' API calls, on the event loop (same server, TLS and credentials as `api`).
+        self.kube_http: AsyncKube | None = None
+        self._events_http: AsyncKube | None = None
         self.reflectors: list[Reflector] = []
         self.events = EventRecorder(None, cfg.scheduler_name, enabled=False)
         self.locks: NodeLocks | None = None
@@ -150,14 +159,23 @@ class SchedulerRuntime:
         if self.api is not None and self._watch_api is not None:
             log.info("kube_access", via=describe_access(cfg.kube))
             self.core = client.CoreV1Api(self.api)
+            self.kube_http = AsyncKube(self.api.configuration, connections=_BIND_CONNECTIONS)
+            # Events on a pool of their own: best-effort writes never hold up a bind's calls.
+            self._events_http = AsyncKube(self.api.configuration, connections=_EVENT_CONNECTIONS)
             self.events = EventRecorder(
-                self.core, cfg.scheduler_name, enabled=cfg.emit_events, clock=self._clock
+                self.core,
+                cfg.scheduler_name,
+                enabled=cfg.emit_events,
+                clock=self._clock,
+                kube=self._events_http,
+                loop=asyncio.get_running_loop(),
             )
             self.locks = NodeLocks(
                 self.core,
                 ttl_seconds=cfg.node_lock_ttl_seconds,
                 clock=self._clock,
                 node_view=self.cache.node_lock_view,
+                kube=self.kube_http,
             )
             self.binder = Binder(
                 self.core,
@@ -169,6 +187,7 @@ class SchedulerRuntime:
                 lock_wait_seconds=cfg.bind_lock_wait_seconds,
                 is_leader=self.leader.is_leader,
                 clock=self._clock,
+                kube=self.kube_http,
             )
             self._start_reflectors(client.CoreV1Api(self._watch_api))
         self.extender = Extender(
@@ -244,12 +263,14 @@ class SchedulerRuntime:
                 name="nodes",
                 label_selector=cfg.node_label_selector or None,
                 on_event=self.cache.on_node_event,
+                transform=node_state_fields,  # only what the cache reads is kept in memory
                 resync_period=resync,
             ),
             Reflector(
                 watch_core.list_pod_for_all_namespaces,
                 name="pods",
                 on_event=self.cache.on_pod_event,
+                transform=pod_usage_fields,
                 resync_period=resync,
             ),
             Reflector(
@@ -409,6 +430,10 @@ class SchedulerRuntime:
             if api is not None:
                 await asyncio.to_thread(api.close)
         self.api = self._watch_api = None
+        for http in (self.kube_http, self._events_http):
+            if http is not None:
+                await http.close()
+        self.kube_http = self._events_http = None
 
 
 def scheduler_services(runtime: SchedulerRuntime) -> list[ServiceRegistration]:

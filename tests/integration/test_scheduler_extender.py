@@ -335,6 +335,9 @@ async def test_prioritize_orders_nodes_by_policy(cluster: Cluster, extender: Ext
     assert await extender.bind(busy, "node-b") == ""
     cluster.release_lock("node-b")
     await poll_until(lambda: extender.usage("node-b")["GPU-node-b-0"] == (1, 8000, 50))
+    await poll_until(
+        lambda: "node-b" not in extender.runtime.cache.busy_nodes(), what="node-b's lock release seen"
+    )
     pod = cluster.add_pod(pod_body("p", 1000))
     body = {"Pod": pod, "NodeNames": ["node-a", "node-b", "ghost"]}
     assert await extender.post("prioritize", body) == [
@@ -350,6 +353,44 @@ async def test_prioritize_orders_nodes_by_policy(cluster: Cluster, extender: Ext
         assert "cannot decode" in (await resp.json())["Error"]
 
 
+async def test_prioritize_ranks_nodes_with_a_bind_under_way_last(
+    cluster: Cluster, extender: Extender
+) -> None:
+    """Pods of a burst are scored before the binds of the pods ahead of them land: prioritize ranks last a
+    node whose lock is held, and the node it just ranked alone at the top for another pod, so consecutive
+    pods spread instead of queueing on one node's lock. Without either, the policy's order stands."""
+    busy = cluster.add_pod(pod_body("busy", 8000, 50))
+    assert await extender.bind(busy, "node-b") == ""  # its lock stays held until Allocate
+    await poll_until(lambda: "node-b" in extender.runtime.cache.busy_nodes(), what="node-b's lock seen")
+    first = cluster.add_pod(pod_body("first", 1000))
+    names = {"NodeNames": ["node-a", "node-b"]}
+    # binpack prefers the busier node-b, but a bind there would wait for the lock.
+    assert await extender.post("prioritize", {"Pod": first, **names}) == [
+        {"Host": "node-a", "Score": 10},
+        {"Host": "node-b", "Score": 0},
+    ]
+    cluster.release_lock("node-b")
+    await poll_until(
+        lambda: "node-b" not in extender.runtime.cache.busy_nodes(), what="node-b's lock release seen"
+    )
+    assert await extender.post("prioritize", {"Pod": first, **names}) == [
+        {"Host": "node-a", "Score": 0},
+        {"Host": "node-b", "Score": 10},
+    ]
+    # `first` is likely to be bound to node-b: the next pod, scored before that bind arrives, goes elsewhere.
+    second = cluster.add_pod(pod_body("second", 1000))
+    assert await extender.post("prioritize", {"Pod": second, **names}) == [
+        {"Host": "node-a", "Score": 10},
+        {"Host": "node-b", "Score": 0},
+    ]
+    assert await extender.bind(first, "node-b") == ""  # its bind arrives: the binder's own bookkeeping
+    cluster.release_lock("node-b")
+    await poll_until(
+        lambda: "node-b" not in extender.runtime.cache.busy_nodes(), what="node-b's lock release seen"
+    )
+    assert (await extender.post("prioritize", {"Pod": second, **names}))[1] == {"Host": "node-b", "Score": 10}
+
+
 async def test_prioritize_of_a_cycle_reuses_its_filter_outcome(cluster: Cluster, extender: Extender) -> None:
     """kube-scheduler's prioritize right after the pod's filter scores from that filter's outcome, even when
     binds changed the cache in between (the scores are advisory: the bind re-fits); another pod's prioritize
@@ -361,6 +402,10 @@ async def test_prioritize_of_a_cycle_reuses_its_filter_outcome(cluster: Cluster,
     assert await extender.bind(busy, "node-b") == ""
     cluster.release_lock("node-b")
     await poll_until(lambda: extender.usage("node-b")["GPU-node-b-0"] == (1, 8000, 50))
+    # Prioritize ranks a node whose lock it still sees last (a bind there would queue): wait for the release.
+    await poll_until(
+        lambda: "node-b" not in extender.runtime.cache.busy_nodes(), what="node-b's lock release seen"
+    )
     body = {"Pod": pod, "NodeNames": ["node-a", "node-b"]}
     assert await extender.post("prioritize", body) == [
         {"Host": "node-a", "Score": 10},  # both nodes were empty when this pod was filtered
@@ -487,11 +532,11 @@ async def test_failed_binding_rolls_everything_back(
     assert binder is not None
     real = binder._pods_on_node
 
-    def bound_behind_our_back(node: str) -> list[dict[str, Any]]:
+    async def bound_behind_our_back(node: str) -> list[dict[str, Any]]:
         # Another actor binds the pod after our checks: our Binding will be refused with 409.
         binding: Any = {"metadata": {"name": "raced"}, "target": {"kind": "Node", "name": "node-b"}}
         cluster.core.create_namespaced_pod_binding("raced", NS, binding, _preload_content=False)
-        return real(node)
+        return await real(node)
 
     monkeypatch.setattr(binder, "_pods_on_node", bound_behind_our_back)
     error = await extender.bind(pod, "node-a")
@@ -708,10 +753,10 @@ async def test_stop_cancels_binds_under_way_and_releases_their_locks(
         reached = threading.Event()
         real = binder._pods_on_node
 
-        def slow_list(node: str) -> list[dict[str, Any]]:
+        async def slow_list(node: str) -> list[dict[str, Any]]:
             reached.set()
-            stuck.wait(30)  # an API call that hangs after the node lock was taken
-            return real(node)
+            await asyncio.to_thread(stuck.wait, 30)  # an API call that hangs after the node lock was taken
+            return await real(node)
 
         monkeypatch.setattr(binder, "_pods_on_node", slow_list)
         pod = cluster.add_pod(pod_body("stuck", 1000))

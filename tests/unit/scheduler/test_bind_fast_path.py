@@ -231,17 +231,17 @@ class SpyLocks(NodeLocks):
 
         super().__init__(core, ttl_seconds=300, node_view=node_view, poll_initial=0.01, **kwargs)
 
-    def _read_node(self, node: str) -> dict[str, Any]:
+    async def _read_node(self, node: str) -> dict[str, Any]:
         self.reads.append(node)
-        return super()._read_node(node)
+        return await super()._read_node(node)
 
-    def _read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+    async def _read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         self.owner_reads.append(f"{namespace}/{name}")
-        return super()._read_pod(namespace, name)
+        return await super()._read_pod(namespace, name)
 
-    def _write(self, node: str, value: str | None, resource_version: str) -> None:
+    async def _write(self, node: str, value: str | None, resource_version: str) -> None:
         self.writes.append((value, resource_version))
-        super()._write(node, value, resource_version)
+        await super()._write(node, value, resource_version)
 
 
 def rv(obj: dict[str, Any]) -> str:
@@ -337,9 +337,9 @@ async def test_the_runtime_wires_the_cache_view_into_the_locks(
         reads: list[str] = []
         real = locks._read_node
 
-        def read_node(node: str) -> dict[str, Any]:
+        async def read_node(node: str) -> dict[str, Any]:
             reads.append(node)
-            return real(node)
+            return await real(node)
 
         monkeypatch.setattr(locks, "_read_node", read_node)
         await locks.acquire("node-a", NS, "me", wait_seconds=0)
@@ -363,6 +363,17 @@ async def test_the_leader_clears_locks_past_their_ttl_and_only_those(kube: Kube)
     kube.set_lock("node-b", fresh)
     async with running_scheduler(kube) as ext:
         await poll_until(lambda: len(ext.runtime.cache.node_locks()) == 2, what="both locks cached")
+
+        def settled() -> bool:
+            # The leader's own loop writes a handshake request onto each new node first; the sweep's write is
+            # conditioned on the cached resourceVersion, so wait until the cache shows the nodes as they are.
+            return all(
+                (ext.runtime.cache.node_lock_view(node) or (None, ""))[1] == rv(kube.node(node))
+                and not ext.runtime.cache.handshake_due()
+                for node in ("node-a", "node-b")
+            )
+
+        await poll_until(settled, what="nodes cached as they are now")
         await ext.runtime.registration_pass()
         assert kube.lock("node-a") is None
         assert kube.lock("node-b") == fresh
@@ -459,9 +470,9 @@ def spy_patches(ext: Extender, monkeypatch: pytest.MonkeyPatch) -> list[dict[str
     sent: list[dict[str, Any]] = []
     real = binder._patch_pod
 
-    def patch(namespace: str, name: str, body: dict[str, Any]) -> None:
+    async def patch(namespace: str, name: str, body: dict[str, Any]) -> None:
         sent.append(json.loads(json.dumps(body)))
-        real(namespace, name, body)
+        await real(namespace, name, body)
 
     monkeypatch.setattr(binder, "_patch_pod", patch)
     return sent
