@@ -8,8 +8,14 @@ Rows:
 - memory cap (driver API): total and free from cuMemGetInfo under CUDA_DEVICE_MEMORY_LIMIT, and how much a
   loop of 64 MiB cuMemAlloc gets before CUDA_ERROR_OUT_OF_MEMORY;
 - memory cap (PyTorch): torch.cuda.mem_get_info and where 64 MiB tensor allocations hit OutOfMemoryError;
-- SM share: throughput of a ~2 ms spin kernel covering every SM (async and synchronised loops) and of a bf16
-  matmul at CUDA_DEVICE_SM_LIMIT 30/60/100 with GPU_CORE_UTILIZATION_POLICY=force, relative to no library;
+- SM share, as the share of device time our spin kernels got (kernels/s over the unlimited kernels/s of the
+  same ~2 ms all-SM kernel alone), with GPU_CORE_UTILIZATION_POLICY=force:
+  at 10/30/60/90/100 alone (async loop; 30/60 also synchronised), at 10/30/60/90 beside an unlimited
+  neighbour process (time-slicing), two processes sharing one 60 % container (sum), two containers at 10 and
+  90 % side by side, CUDA graphs at 30 %, two streams with cross-stream waits and device copies between
+  kernels at 30 % (the waits and copies must not count), and a global-mode stream capture on one thread while
+  another launches at 30 % (must succeed);
+- PyTorch bf16 matmul throughput at 30/60/100 relative to no library;
 - launch cost: microseconds per empty-kernel launch without the library, with it (no limit), and at SM 50.
 """
 
@@ -22,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -94,23 +101,44 @@ class Bench:
         self.exe, self.lib, self.seconds, self.limit, self.workdir = exe, lib, seconds, limit, workdir
         self.n = 0
 
-    def env(self, preload: bool, extra: dict[str, str]) -> dict[str, str]:
+    def env(self, preload: bool, extra: dict[str, str], cache: str | None = None) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("CUDA_DEVICE_", "GPU_CORE_"))}
         env.pop("LD_PRELOAD", None)
         if preload:
             self.n += 1
             env["LD_PRELOAD"] = str(self.lib)
-            env["CUDA_DEVICE_MEMORY_SHARED_CACHE"] = str(self.workdir / f"bench{self.n}.cache")
+            env["CUDA_DEVICE_MEMORY_SHARED_CACHE"] = str(self.workdir / (cache or f"bench{self.n}.cache"))
         env.update(extra)
         return env
 
     def run(self, argv: list[str], preload: bool, extra: dict[str, str] | None = None) -> dict[str, str]:
-        proc = subprocess.run(
-            argv, env=self.env(preload, extra or {}), capture_output=True, text=True, timeout=900
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"{argv}: rc={proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-        return parse(proc.stdout)
+        return self.together([(argv, preload, extra or {}, None)])[0]
+
+    def together(
+        self, jobs: list[tuple[list[str], bool, dict[str, str], str | None]], head_start: float = 0.0
+    ) -> list[dict[str, str]]:
+        """Runs the jobs at the same time (the first `head_start` seconds ahead: a neighbour already busy);
+        one cache name shared by several jobs puts them in one container."""
+        procs = []
+        for i, (argv, preload, extra, cache) in enumerate(jobs):
+            procs.append(
+                subprocess.Popen(
+                    argv,
+                    env=self.env(preload, extra, cache),
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
+            if i == 0 and head_start > 0:
+                time.sleep(head_start)
+        results = []
+        for (argv, _, _, _), proc in zip(jobs, procs, strict=True):
+            out, err = proc.communicate(timeout=900)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{argv}: rc={proc.returncode}\n{out}\n{err}")
+            results.append(parse(out))
+        return results
 
 
 def torch_ok() -> bool:
@@ -178,14 +206,76 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     secs = str(args.seconds)
-    for sync in ("0", "1"):
-        base = float(b.run([str(exe), "sm", secs, sync], False)["kernels_per_s"])
-        label = "sync" if sync == "1" else "async"
-        for lim in (30, 60, 100):
-            env = {"CUDA_DEVICE_SM_LIMIT": str(lim), "GPU_CORE_UTILIZATION_POLICY": "force"}
-            kps = float(b.run([str(exe), "sm", secs, sync], True, env)["kernels_per_s"])
-            figures[f"sm_{label}_{lim}"] = kps / base
-            rows.append((f"SM {lim}% spin kernel ({label})", f"{100 * kps / base:.1f}% of baseline"))
+    spin = [str(exe), "sm", secs, "0"]
+
+    def force(lim: int) -> dict[str, str]:
+        return {"CUDA_DEVICE_SM_LIMIT": str(lim), "GPU_CORE_UTILIZATION_POLICY": "force"}
+
+    def kps(out: dict[str, str]) -> float:
+        return float(out["kernels_per_s"])
+
+    base = kps(b.run(spin, False))  # unlimited, alone: 100 % of device time
+    figures["sm_base_kernels_per_s"] = base
+    for lim in (10, 30, 60, 90, 100):
+        share = kps(b.run(spin, True, force(lim))) / base
+        figures[f"sm_async_{lim}"] = share
+        rows.append((f"SM {lim}% spin kernel, alone", f"{100 * share:.1f}% of device time"))
+    base_sync = kps(b.run([str(exe), "sm", secs, "1"], False))
+    for lim in (30, 60):
+        share = kps(b.run([str(exe), "sm", secs, "1"], True, force(lim))) / base_sync
+        figures[f"sm_sync_{lim}"] = share
+        rows.append((f"SM {lim}% spin kernel, synchronised loop", f"{100 * share:.1f}% of device time"))
+
+    # Beside an unlimited neighbour (another container, no library): the GPU time-slices the two contexts.
+    neighbour = [str(exe), "sm", str(args.seconds + 3), "0"]
+    for lim in (10, 30, 60, 90):
+        _, ours = b.together([(neighbour, False, {}, None), (spin, True, force(lim), None)], head_start=1.0)
+        share = kps(ours) / base
+        figures[f"sm_neighbour_{lim}"] = share
+        rows.append((f"SM {lim}% beside an unlimited neighbour", f"{100 * share:.1f}% of device time"))
+
+    # Two processes of one container (one cache file) at 60 %: together 60 %.
+    pair = b.together([(spin, True, force(60), "shared60.cache"), (spin, True, force(60), "shared60.cache")])
+    a, c = (kps(o) / base for o in pair)
+    figures["sm_shared_60"] = [a, c]
+    rows.append(
+        ("two processes sharing one 60% container", f"{100 * a:.1f}% + {100 * c:.1f}% = {100 * (a + c):.1f}%")
+    )
+
+    # Two containers side by side at 10 % and 90 %.
+    split = b.together([(spin, True, force(10), None), (spin, True, force(90), None)])
+    lo, hi = (kps(o) / base for o in split)
+    figures["sm_split_10_90"] = [lo, hi]
+    rows.append(("two containers at 10% and 90%", f"{100 * lo:.1f}% and {100 * hi:.1f}%"))
+
+    graph = [str(exe), "graph", secs]
+    graph_base = kps(b.run(graph, False))
+    gshare = kps(b.run(graph, True, force(30))) / graph_base
+    figures["graph_30"] = gshare
+    rows.append(("SM 30% CUDA graphs (8 kernels each)", f"{100 * gshare:.1f}% of device time"))
+
+    streams = [str(exe), "streams", secs]
+    # The kernels' share when nothing throttles (the copies take the rest of the device time).
+    st_base = kps(b.run(streams, False)) / base
+    st_share = kps(b.run(streams, True, force(30))) / base
+    figures["streams_30"] = st_share
+    figures["streams_unlimited"] = st_base
+    rows.append(
+        (
+            "SM 30% two streams, waits + copies between kernels",
+            f"kernels {100 * st_share:.1f}% of device time (unlimited: {100 * st_base:.1f}%)",
+        )
+    )
+
+    cap = b.run([str(exe), "capture"], True, force(30))
+    figures["capture_30"] = cap
+    rows.append(
+        (
+            "SM 30% global-mode capture + launches on another thread",
+            f"{'ok' if cap['capture_ok'] == '1' else 'FAILED'} (end {cap['capture_end']}, "
+            f"{cap['launched']} launches beside it)",
+        )
+    )
     if have_torch:
         base = float(b.run([sys.executable, "-c", TORCH_MATMUL, secs], False)["iters_per_s"])
         for lim in (30, 60, 100):

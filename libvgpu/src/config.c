@@ -1,6 +1,7 @@
 /* Environment contract (read once at init), logging to stderr and the monotonic clock. The bottom layer. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +14,24 @@
 #include "vgpu.h"
 
 struct vgpu_config g_cfg = {.log_level = VGPU_LOG_WARN, .priority = 1};
+__thread int vgpu_t_in_init;
+
+/* A mutex and a flag rather than pthread_once: a fork child can re-initialise them (a pthread_once left
+ * running by another thread of the parent would block the child forever). */
+static pthread_mutex_t g_cfg_mu = PTHREAD_MUTEX_INITIALIZER;
+static int g_cfg_loaded;
+
+void vgpu_config_load(void) {
+    if (__atomic_load_n(&g_cfg_loaded, __ATOMIC_ACQUIRE)) return;
+    pthread_mutex_lock(&g_cfg_mu);
+    if (!g_cfg_loaded) {
+        vgpu_config_from_env(&g_cfg);
+        __atomic_store_n(&g_cfg_loaded, 1, __ATOMIC_RELEASE);
+    }
+    pthread_mutex_unlock(&g_cfg_mu);
+}
+
+void vgpu_config_atfork_child(void) { pthread_mutex_init(&g_cfg_mu, NULL); }
 
 static uint64_t suffix_multiplier(char c) {
     switch (c) {

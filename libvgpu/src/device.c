@@ -92,7 +92,10 @@ void vgpu_devices_postinit(void) {
     pthread_mutex_unlock(&g_mu);
 }
 
-void vgpu_devices_atfork_child(void) { pthread_mutex_init(&g_mu, NULL); }
+void vgpu_devices_atfork_child(void) {
+    pthread_mutex_init(&g_mu, NULL);
+    vgpu_devices_forget_ctx(); /* the parent's contexts are not the child's */
+}
 
 int vgpu_dev_index(CUdevice cudev) {
     if (cudev < 0 || cudev >= MAX_CUDA_DEVICES) return -1;
@@ -104,12 +107,30 @@ int vgpu_dev_index(CUdevice cudev) {
     return (i >= 0 && i < VGPU_REGION_DEVICES) ? i : -1;
 }
 
+/* A context's device never changes, so each thread remembers the device of the last context it asked about
+ * (one driver call per hook instead of two). A context handle can be reused after a destroy, so every
+ * context teardown bumps a generation that invalidates all threads' entries. */
+static uint64_t g_ctx_gen = 1;
+static __thread CUcontext t_ctx;
+static __thread CUdevice t_dev;
+static __thread uint64_t t_gen;
+
+void vgpu_devices_forget_ctx(void) { __atomic_add_fetch(&g_ctx_gen, 1, __ATOMIC_ACQ_REL); }
+
 int vgpu_current_dev(CUcontext *ctx) {
     CUcontext c = NULL;
     if (ctx != NULL) *ctx = NULL;
     if (REAL(cuCtxGetCurrent) == NULL || REAL(cuCtxGetCurrent)(&c) != CUDA_SUCCESS || c == NULL) return -1;
+    uint64_t gen = __atomic_load_n(&g_ctx_gen, __ATOMIC_ACQUIRE);
     CUdevice d;
-    if (REAL(cuCtxGetDevice) == NULL || REAL(cuCtxGetDevice)(&d) != CUDA_SUCCESS) return -1;
+    if (c == t_ctx && t_gen == gen) {
+        d = t_dev;
+    } else {
+        if (REAL(cuCtxGetDevice) == NULL || REAL(cuCtxGetDevice)(&d) != CUDA_SUCCESS) return -1;
+        t_ctx = c;
+        t_dev = d;
+        t_gen = gen;
+    }
     if (ctx != NULL) *ctx = c;
     return vgpu_dev_index(d);
 }

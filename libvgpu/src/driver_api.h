@@ -56,7 +56,19 @@
     X(cuLaunchCooperativeKernel)                                                                             \
     X(cuLaunchCooperativeKernel_ptsz)                                                                        \
     X(cuGraphLaunch)                                                                                         \
-    X(cuGraphLaunch_ptsz)
+    X(cuGraphLaunch_ptsz)                                                                                    \
+    X(cuStreamSynchronize)                                                                                   \
+    X(cuStreamSynchronize_ptsz)                                                                              \
+    X(cuEventSynchronize)                                                                                    \
+    X(cuCtxSynchronize)                                                                                      \
+    X(cuStreamBeginCapture)                                                                                  \
+    X(cuStreamBeginCapture_ptsz)                                                                             \
+    X(cuStreamBeginCapture_v2)                                                                               \
+    X(cuStreamBeginCapture_v2_ptsz)                                                                          \
+    X(cuStreamBeginCaptureToGraph)                                                                           \
+    X(cuStreamBeginCaptureToGraph_ptsz)                                                                      \
+    X(cuStreamEndCapture)                                                                                    \
+    X(cuStreamEndCapture_ptsz)
 
 #define VGPU_CUDA_INTERNAL(X)                                                                                \
     X(cuCtxGetDevice)                                                                                        \
@@ -67,7 +79,6 @@
     X(cuDeviceGetUuid_v2)                                                                                    \
     X(cuDevicePrimaryCtxGetState)                                                                            \
     X(cuMemPoolGetAttribute)                                                                                 \
-    X(cuStreamSynchronize)                                                                                   \
     X(cuStreamIsCapturing)                                                                                   \
     X(cuStreamIsCapturing_ptsz)                                                                              \
     X(cuEventCreate)                                                                                         \
@@ -75,8 +86,8 @@
     X(cuEventRecord_ptsz)                                                                                    \
     X(cuEventQuery)                                                                                          \
     X(cuEventElapsedTime)                                                                                    \
-    X(cuEventSynchronize)                                                                                    \
-    X(cuEventDestroy_v2)
+    X(cuEventDestroy_v2)                                                                                     \
+    X(cuThreadExchangeStreamCaptureMode)
 
 #define VGPU_NVML_HOOKS(X)                                                                                   \
     X(nvmlDeviceGetMemoryInfo)                                                                               \
@@ -90,7 +101,8 @@
     X(nvmlDeviceGetIndex)                                                                                    \
     X(nvmlDeviceGetComputeRunningProcesses_v3)                                                               \
     X(nvmlDeviceGetComputeRunningProcesses_v2)                                                               \
-    X(nvmlDeviceGetComputeRunningProcesses)
+    X(nvmlDeviceGetComputeRunningProcesses)                                                                  \
+    X(nvmlDeviceGetProcessUtilization)
 
 #ifdef __cplusplus
 extern "C" {
@@ -161,6 +173,20 @@ CUresult cuMipmappedArrayDestroy(CUmipmappedArray hMipmappedArray);
 CUresult cuStreamCreate(CUstream *phStream, unsigned int Flags);
 CUresult cuStreamDestroy_v2(CUstream hStream);
 CUresult cuStreamSynchronize(CUstream hStream);
+CUresult cuStreamSynchronize_ptsz(CUstream hStream);
+CUresult cuThreadExchangeStreamCaptureMode(CUstreamCaptureMode *mode);
+CUresult cuStreamBeginCapture(CUstream hStream);
+CUresult cuStreamBeginCapture_ptsz(CUstream hStream);
+CUresult cuStreamBeginCapture_v2(CUstream hStream, CUstreamCaptureMode mode);
+CUresult cuStreamBeginCapture_v2_ptsz(CUstream hStream, CUstreamCaptureMode mode);
+CUresult cuStreamBeginCaptureToGraph(CUstream hStream, CUgraph hGraph, const CUgraphNode *dependencies,
+                                     const CUgraphEdgeData *dependencyData, size_t numDependencies,
+                                     CUstreamCaptureMode mode);
+CUresult cuStreamBeginCaptureToGraph_ptsz(CUstream hStream, CUgraph hGraph, const CUgraphNode *dependencies,
+                                          const CUgraphEdgeData *dependencyData, size_t numDependencies,
+                                          CUstreamCaptureMode mode);
+CUresult cuStreamEndCapture(CUstream hStream, CUgraph *phGraph);
+CUresult cuStreamEndCapture_ptsz(CUstream hStream, CUgraph *phGraph);
 CUresult cuStreamIsCapturing(CUstream hStream, CUstreamCaptureStatus *captureStatus);
 CUresult cuStreamIsCapturing_ptsz(CUstream hStream, CUstreamCaptureStatus *captureStatus);
 CUresult cuEventCreate(CUevent *phEvent, unsigned int Flags);

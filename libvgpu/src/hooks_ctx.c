@@ -3,9 +3,11 @@
  * into existence (primary context: on the retain that creates it; explicit contexts: on create) and given
  * back when it goes away, together with every allocation that lived in it.
  *
- * The footprint is measured, not guessed: NVML's per-process usedGpuMemory for this PID before and after the
- * creation; when this PID is not visible to NVML (PID namespace), the device-wide used-memory delta; 0 when
- * NVML is unavailable.
+ * The footprint is measured, not guessed, from NVML's compute-process list before and after the creation:
+ * this process's usedGpuMemory grows by the context's cost. NVML lists host PIDs, so inside a PID namespace
+ * the process is found by its host PID, which the same two lists reveal at the first creation (nvproc.c).
+ * Only when the host PID cannot be told (NVML lists no process, or two appeared at once) does the charge
+ * fall back to the device-wide used-memory delta, which neighbours' allocations can distort; 0 without NVML.
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -21,70 +23,42 @@ static CUcontext g_primary[MAX_PRIMARY];
 static pthread_mutex_t g_ctx_mu = PTHREAD_MUTEX_INITIALIZER;
 
 struct probe {
-    uint64_t proc; /* UINT64_MAX: unknown */
-    uint64_t dev;
+    struct vgpu_nvproc procs[VGPU_NVPROC_MAX];
+    int n;        /* -1: no process list */
+    uint64_t dev; /* device-wide used; UINT64_MAX: unknown */
 };
 
-static uint64_t proc_used(nvmlDevice_t h) {
-    unsigned int pid = (unsigned int)getpid();
-    unsigned int n = 64;
-    nvmlProcessInfo_t infos[64];
-    nvmlReturn_t r = NVML_ERROR_FUNCTION_NOT_FOUND;
-    if (REAL_NVML(nvmlDeviceGetComputeRunningProcesses_v3) != NULL)
-        r = REAL_NVML(nvmlDeviceGetComputeRunningProcesses_v3)(h, &n, infos);
-    else if (REAL_NVML(nvmlDeviceGetComputeRunningProcesses_v2) != NULL)
-        r = REAL_NVML(nvmlDeviceGetComputeRunningProcesses_v2)(h, &n, infos);
-    if (r == NVML_SUCCESS) {
-        for (unsigned int i = 0; i < n && i < 64; i++)
-            if (infos[i].pid == pid) return infos[i].usedGpuMemory;
-        return 0; /* not listed (yet): nothing in use */
-    }
-    if (r == NVML_ERROR_FUNCTION_NOT_FOUND && REAL_NVML(nvmlDeviceGetComputeRunningProcesses) != NULL) {
-        nvmlProcessInfo_v1_t v1[64];
-        n = 64;
-        if (REAL_NVML(nvmlDeviceGetComputeRunningProcesses)(h, &n, v1) == NVML_SUCCESS) {
-            for (unsigned int i = 0; i < n && i < 64; i++)
-                if (v1[i].pid == pid) return v1[i].usedGpuMemory;
-            return 0;
-        }
-    }
-    return UINT64_MAX;
+static void probe_now(int idx, struct probe *p) {
+    p->n = -1;
+    p->dev = UINT64_MAX;
+    if (idx < 0) return;
+    p->n = vgpu_nvproc_list(idx, p->procs, VGPU_NVPROC_MAX);
+    p->dev = vgpu_nvproc_device_used(idx);
 }
 
-static int pid_visible(nvmlDevice_t h) {
-    /* Whether NVML lists processes by our PID at all: true once we appear. */
-    uint64_t u = proc_used(h);
-    return u != UINT64_MAX && u != 0;
-}
-
-static nvmlDevice_t nvml_handle(int idx) {
-    nvmlDevice_t h = NULL;
-    if (idx < 0 || vgpu_nvml_ready() != 0 || REAL_NVML(nvmlDeviceGetHandleByIndex_v2) == NULL ||
-        REAL_NVML(nvmlDeviceGetHandleByIndex_v2)((unsigned int)idx, &h) != NVML_SUCCESS)
-        return NULL;
-    return h;
-}
-
-static struct probe probe_now(int idx) {
-    struct probe p = {UINT64_MAX, UINT64_MAX};
-    nvmlDevice_t h = nvml_handle(idx);
-    if (h == NULL) return p;
-    p.proc = proc_used(h);
-    nvmlMemory_t m;
-    if (REAL_NVML(nvmlDeviceGetMemoryInfo) != NULL && REAL_NVML(nvmlDeviceGetMemoryInfo)(h, &m) == NVML_SUCCESS)
-        p.dev = m.used;
-    return p;
-}
-
-static uint64_t footprint(int idx, struct probe before) {
-    struct probe after = probe_now(idx);
+/* Pure: the footprint from the two probes and our host PID (0 = unknown). */
+uint64_t vgpu_ctx_footprint(const struct vgpu_nvproc *before, int nb, uint64_t dev_before,
+                            const struct vgpu_nvproc *after, int na, uint64_t dev_after, unsigned int hostpid) {
     uint64_t fp = 0;
-    nvmlDevice_t h = nvml_handle(idx);
-    if (after.proc != UINT64_MAX && before.proc != UINT64_MAX && h != NULL && pid_visible(h))
-        fp = after.proc > before.proc ? after.proc - before.proc : 0;
-    else if (after.dev != UINT64_MAX && before.dev != UINT64_MAX)
-        fp = after.dev > before.dev ? after.dev - before.dev : 0;
+    if (hostpid != 0 && na >= 0 && nb >= 0) {
+        uint64_t a = vgpu_nvproc_used(after, na, hostpid), b = vgpu_nvproc_used(before, nb, hostpid);
+        fp = a > b ? a - b : 0;
+    } else if (dev_after != UINT64_MAX && dev_before != UINT64_MAX) {
+        fp = dev_after > dev_before ? dev_after - dev_before : 0;
+    }
     return fp > MAX_FOOTPRINT ? MAX_FOOTPRINT : fp;
+}
+
+static uint64_t footprint(int idx, const struct probe *before) {
+    if (idx < 0) return 0;
+    struct probe *after = malloc(sizeof(*after));
+    if (after == NULL) return 0;
+    probe_now(idx, after);
+    int hostpid = vgpu_hostpid_learn(before->procs, before->n, after->procs, after->n);
+    uint64_t fp = vgpu_ctx_footprint(before->procs, before->n, before->dev, after->procs, after->n, after->dev,
+                                     (unsigned int)hostpid);
+    free(after);
+    return fp;
 }
 
 static void charge_context(int idx, CUcontext ctx, uint64_t bytes) {
@@ -99,6 +73,7 @@ static void charge_context(int idx, CUcontext ctx, uint64_t bytes) {
 /* The driver destroyed `ctx`: give back its footprint and everything allocated in it. */
 static void context_gone(CUcontext ctx) {
     if (ctx == NULL) return;
+    vgpu_devices_forget_ctx();
     vgpu_sm_forget_ctx(ctx);
     vgpu_track_drop_ctx((uintptr_t)ctx, vgpu_mem_release_entry);
 }
@@ -112,8 +87,8 @@ VGPU_EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev) {
     int active = 1;
     if (REAL(cuDevicePrimaryCtxGetState) != NULL) REAL(cuDevicePrimaryCtxGetState)(dev, &flags, &active);
     int idx = vgpu_dev_index(dev);
-    struct probe before = {UINT64_MAX, UINT64_MAX};
-    if (!active) before = probe_now(idx);
+    struct probe *before = NULL;
+    if (!active && (before = malloc(sizeof(*before))) != NULL) probe_now(idx, before);
     CUresult r = REAL(cuDevicePrimaryCtxRetain)(pctx, dev);
     if (r == CUDA_SUCCESS && pctx != NULL) {
         if (dev >= 0 && dev < MAX_PRIMARY) {
@@ -123,9 +98,10 @@ VGPU_EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev) {
         }
         if (!active) {
             vgpu_region_register();
-            charge_context(idx, *pctx, footprint(idx, before));
+            charge_context(idx, *pctx, before != NULL ? footprint(idx, before) : 0);
         }
     }
+    free(before);
     return r;
 }
 
@@ -146,6 +122,7 @@ static void after_primary_release(CUdevice dev, int reset) {
 
 VGPU_EXPORT CUresult cuDevicePrimaryCtxRelease(CUdevice dev) {
     REQUIRE_REAL(cuDevicePrimaryCtxRelease);
+    if (!vgpu_passthrough()) vgpu_devices_forget_ctx(); /* the primary context may go away */
     CUresult r = REAL(cuDevicePrimaryCtxRelease)(dev);
     if (r == CUDA_SUCCESS && !vgpu_passthrough()) after_primary_release(dev, 0);
     return r;
@@ -153,6 +130,7 @@ VGPU_EXPORT CUresult cuDevicePrimaryCtxRelease(CUdevice dev) {
 
 VGPU_EXPORT CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev) {
     REQUIRE_REAL(cuDevicePrimaryCtxRelease_v2);
+    if (!vgpu_passthrough()) vgpu_devices_forget_ctx(); /* the primary context may go away */
     CUresult r = REAL(cuDevicePrimaryCtxRelease_v2)(dev);
     if (r == CUDA_SUCCESS && !vgpu_passthrough()) after_primary_release(dev, 0);
     return r;
@@ -160,6 +138,7 @@ VGPU_EXPORT CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev) {
 
 VGPU_EXPORT CUresult cuDevicePrimaryCtxReset(CUdevice dev) {
     REQUIRE_REAL(cuDevicePrimaryCtxReset);
+    if (!vgpu_passthrough()) vgpu_devices_forget_ctx(); /* the primary context may go away */
     CUresult r = REAL(cuDevicePrimaryCtxReset)(dev);
     if (r == CUDA_SUCCESS && !vgpu_passthrough()) after_primary_release(dev, 1);
     return r;
@@ -167,6 +146,7 @@ VGPU_EXPORT CUresult cuDevicePrimaryCtxReset(CUdevice dev) {
 
 VGPU_EXPORT CUresult cuDevicePrimaryCtxReset_v2(CUdevice dev) {
     REQUIRE_REAL(cuDevicePrimaryCtxReset_v2);
+    if (!vgpu_passthrough()) vgpu_devices_forget_ctx(); /* the primary context may go away */
     CUresult r = REAL(cuDevicePrimaryCtxReset_v2)(dev);
     if (r == CUDA_SUCCESS && !vgpu_passthrough()) after_primary_release(dev, 1);
     return r;
@@ -176,12 +156,14 @@ VGPU_EXPORT CUresult cuDevicePrimaryCtxReset_v2(CUdevice dev) {
     do {                                                                                                     \
         if (vgpu_passthrough()) return call;                                                                 \
         int idx_ = vgpu_dev_index(dev);                                                                      \
-        struct probe before_ = probe_now(idx_);                                                              \
+        struct probe *before_ = malloc(sizeof(*before_));                                                    \
+        if (before_ != NULL) probe_now(idx_, before_);                                                       \
         CUresult r_ = call;                                                                                  \
         if (r_ == CUDA_SUCCESS && (pctx) != NULL) {                                                          \
             vgpu_region_register();                                                                          \
-            charge_context(idx_, *(pctx), footprint(idx_, before_));                                         \
+            charge_context(idx_, *(pctx), before_ != NULL ? footprint(idx_, before_) : 0);                   \
         }                                                                                                    \
+        free(before_);                                                                                       \
         return r_;                                                                                           \
     } while (0)
 
@@ -203,7 +185,10 @@ VGPU_EXPORT CUresult cuCtxCreate_v4(CUcontext *pctx, CUctxCreateParams *params, 
 
 VGPU_EXPORT CUresult cuCtxDestroy(CUcontext ctx) {
     REQUIRE_REAL(cuCtxDestroy);
-    if (!vgpu_passthrough()) vgpu_sm_forget_ctx(ctx);
+    if (!vgpu_passthrough()) {
+        vgpu_devices_forget_ctx(); /* before: the handle may be handed out again as soon as it is freed */
+        vgpu_sm_forget_ctx(ctx);
+    }
     CUresult r = REAL(cuCtxDestroy)(ctx);
     if (r == CUDA_SUCCESS && !vgpu_passthrough()) context_gone(ctx);
     return r;
@@ -211,7 +196,10 @@ VGPU_EXPORT CUresult cuCtxDestroy(CUcontext ctx) {
 
 VGPU_EXPORT CUresult cuCtxDestroy_v2(CUcontext ctx) {
     REQUIRE_REAL(cuCtxDestroy_v2);
-    if (!vgpu_passthrough()) vgpu_sm_forget_ctx(ctx);
+    if (!vgpu_passthrough()) {
+        vgpu_devices_forget_ctx();
+        vgpu_sm_forget_ctx(ctx);
+    }
     CUresult r = REAL(cuCtxDestroy_v2)(ctx);
     if (r == CUDA_SUCCESS && !vgpu_passthrough()) context_gone(ctx);
     return r;

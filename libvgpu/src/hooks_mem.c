@@ -152,6 +152,8 @@ static void collect_pool(const struct vgpu_track_entry *e, void *arg) {
     if (keys[0] < 255) keys[++keys[0]] = e->key;
 }
 
+void vgpu_mem_atfork_child(void) { pthread_mutex_init(&g_pool_mu, NULL); }
+
 void vgpu_pools_refresh(void) {
     if (!__atomic_load_n(&g_have_pools, __ATOMIC_RELAXED)) return;
     uint64_t keys[256] = {0};
@@ -324,11 +326,16 @@ VGPU_EXPORT CUresult cuMemPoolCreate(CUmemoryPool *pool, const CUmemPoolProps *p
 
 VGPU_EXPORT CUresult cuMemPoolDestroy(CUmemoryPool pool) {
     REQUIRE_REAL(cuMemPoolDestroy);
-    CUresult r = REAL(cuMemPoolDestroy)(pool);
+    if (vgpu_passthrough()) return REAL(cuMemPoolDestroy)(pool);
+    /* Untracked first (a pool handle reused by a concurrent cuMemPoolCreate must not lose its entry), under
+     * the pool mutex so no refresh re-reads a pool that is going away. */
+    pthread_mutex_lock(&g_pool_mu);
     struct vgpu_track_entry e;
-    if (r == CUDA_SUCCESS && !vgpu_passthrough() && vgpu_track_take(VGPU_TRK_POOL, (uint64_t)(uintptr_t)pool, &e) &&
-        e.aux == POOL_COUNTED)
-        vgpu_region_uncharge(e.dev, e.bytes, VGPU_MEM_DATA);
+    int had = vgpu_track_take(VGPU_TRK_POOL, (uint64_t)(uintptr_t)pool, &e);
+    CUresult r = REAL(cuMemPoolDestroy)(pool);
+    if (had && r != CUDA_SUCCESS) vgpu_track_put(&e);
+    pthread_mutex_unlock(&g_pool_mu);
+    if (had && r == CUDA_SUCCESS && e.aux == POOL_COUNTED) vgpu_region_uncharge(e.dev, e.bytes, VGPU_MEM_DATA);
     return r;
 }
 
@@ -402,13 +409,32 @@ VGPU_EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t si
     return r;
 }
 
+/*
+ * Destroy-style calls take the handle out of the table *before* the real call: once the driver has released
+ * it, another thread may get the same handle value from a new allocation and track it, and an untrack after
+ * the call would then remove (and give back) that new allocation's charge. On failure the entry goes back.
+ */
+static CUresult untrack_around(int kind, uint64_t key, CUresult (*real_call)(uint64_t), uint64_t arg) {
+    struct vgpu_track_entry e;
+    int had = !vgpu_passthrough() && vgpu_track_take(kind, key, &e);
+    CUresult r = real_call(arg);
+    if (!had) return r;
+    if (r == CUDA_SUCCESS)
+        vgpu_mem_release_entry(&e);
+    else
+        vgpu_track_put(&e);
+    return r;
+}
+
+static CUresult call_mem_release(uint64_t h) { return REAL(cuMemRelease)((CUmemGenericAllocationHandle)h); }
+static CUresult call_array_destroy(uint64_t h) { return REAL(cuArrayDestroy)((CUarray)(uintptr_t)h); }
+static CUresult call_mipmap_destroy(uint64_t h) {
+    return REAL(cuMipmappedArrayDestroy)((CUmipmappedArray)(uintptr_t)h);
+}
+
 VGPU_EXPORT CUresult cuMemRelease(CUmemGenericAllocationHandle handle) {
     REQUIRE_REAL(cuMemRelease);
-    CUresult r = REAL(cuMemRelease)(handle);
-    struct vgpu_track_entry e;
-    if (r == CUDA_SUCCESS && !vgpu_passthrough() && vgpu_track_take(VGPU_TRK_VMM, handle, &e))
-        vgpu_mem_release_entry(&e);
-    return r;
+    return untrack_around(VGPU_TRK_VMM, handle, call_mem_release, handle);
 }
 
 /* ------------------------------------------------------------------ arrays */
@@ -479,11 +505,8 @@ VGPU_EXPORT CUresult cuArray3DCreate_v2(CUarray *pHandle, const CUDA_ARRAY3D_DES
 
 VGPU_EXPORT CUresult cuArrayDestroy(CUarray hArray) {
     REQUIRE_REAL(cuArrayDestroy);
-    CUresult r = REAL(cuArrayDestroy)(hArray);
-    struct vgpu_track_entry e;
-    if (r == CUDA_SUCCESS && !vgpu_passthrough() && vgpu_track_take(VGPU_TRK_ARRAY, (uint64_t)(uintptr_t)hArray, &e))
-        vgpu_mem_release_entry(&e);
-    return r;
+    uint64_t key = (uint64_t)(uintptr_t)hArray;
+    return untrack_around(VGPU_TRK_ARRAY, key, call_array_destroy, key);
 }
 
 VGPU_EXPORT CUresult cuMipmappedArrayCreate(CUmipmappedArray *pHandle, const CUDA_ARRAY3D_DESCRIPTOR *desc,
@@ -505,11 +528,8 @@ VGPU_EXPORT CUresult cuMipmappedArrayCreate(CUmipmappedArray *pHandle, const CUD
 
 VGPU_EXPORT CUresult cuMipmappedArrayDestroy(CUmipmappedArray h) {
     REQUIRE_REAL(cuMipmappedArrayDestroy);
-    CUresult r = REAL(cuMipmappedArrayDestroy)(h);
-    struct vgpu_track_entry e;
-    if (r == CUDA_SUCCESS && !vgpu_passthrough() && vgpu_track_take(VGPU_TRK_MIPMAP, (uint64_t)(uintptr_t)h, &e))
-        vgpu_mem_release_entry(&e);
-    return r;
+    uint64_t key = (uint64_t)(uintptr_t)h;
+    return untrack_around(VGPU_TRK_MIPMAP, key, call_mipmap_destroy, key);
 }
 
 /* ------------------------------------------------------------------ memory information */

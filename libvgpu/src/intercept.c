@@ -39,8 +39,23 @@ static int cmp_by_real(const void *a, const void *b) {
     return x < y ? -1 : (x > y ? 1 : 0);
 }
 
+/* The by-name table is sorted once, on its own (no driver needed), so dlsym can answer "not ours" for a
+ * name without initialising anything. */
+static pthread_mutex_t g_sort_mu = PTHREAD_MUTEX_INITIALIZER;
+static int g_sorted;
+
+static void sort_by_name(void) {
+    if (__atomic_load_n(&g_sorted, __ATOMIC_ACQUIRE)) return;
+    pthread_mutex_lock(&g_sort_mu);
+    if (!g_sorted) {
+        qsort(k_hooks_by_name, N_HOOKS, sizeof(k_hooks_by_name[0]), cmp_by_name);
+        __atomic_store_n(&g_sorted, 1, __ATOMIC_RELEASE);
+    }
+    pthread_mutex_unlock(&g_sort_mu);
+}
+
 void vgpu_intercept_init(void) {
-    qsort(k_hooks_by_name, N_HOOKS, sizeof(k_hooks_by_name[0]), cmp_by_name);
+    sort_by_name();
     g_n_by_real = 0;
 #define BY_REAL(name)                                                                                        \
     if (vgpu_real_cuda[VGPU_IDX_##name] != NULL)                                                             \
@@ -53,6 +68,7 @@ void vgpu_intercept_init(void) {
 /* ------------------------------------------------------------------ dlsym decision */
 
 static struct hook_entry *hook_entry_for(const char *name) {
+    sort_by_name();
     struct hook_entry key = {name, NULL, NULL};
     return bsearch(&key, k_hooks_by_name, N_HOOKS, sizeof(key), cmp_by_name);
 }
@@ -69,11 +85,15 @@ vgpu_dlsym_decide(void *handle, const char *name) {
     int is_cu = name[0] == 'c' && name[1] == 'u';
     int is_nvml = name[0] == 'n' && name[1] == 'v' && name[2] == 'm' && name[3] == 'l';
     if (!is_cu && !is_nvml) return NULL;
-    if (!vgpu_init()) return NULL; /* a lookup made while this thread loads the driver */
-    if (g_cfg.disabled) return NULL;
+    if (vgpu_t_in_init) return NULL; /* a lookup made while this thread loads the driver */
     struct hook_entry *h = hook_entry_for(name);
     if (h == NULL) return NULL;
-    if (is_nvml) vgpu_nvml_load();
+    /* No process init here (it dlopens the driver under the init mutex; a lookup from a library constructor
+     * running in another thread, under the loader lock, could deadlock on it): the configuration is read on
+     * its own, and the driver is recognised by address or, before it is loaded, by file name. The hook runs
+     * the init when it is called. */
+    vgpu_config_load();
+    if (g_cfg.disabled) return NULL;
     if (handle == RTLD_DEFAULT || handle == RTLD_NEXT) return h->hook;
     void *found = vgpu_real_dlsym(handle, name);
     if (found == NULL) return NULL;
@@ -106,13 +126,16 @@ static const struct {
     {"cuDeviceTotalMem", 3020, "cuDeviceTotalMem_v2"},
     {"cuArrayCreate", 3020, "cuArrayCreate_v2"},
     {"cuArray3DCreate", 3020, "cuArray3DCreate_v2"},
-    {"cuCtxCreate", 12050, "cuCtxCreate_v4"},
+    /* cuCtxCreate_v4 (CUctxCreateParams) exists since 12.5, but only CUDA 13 headers make it the plain name's
+     * ABI; a 12.x runtime asking for "cuCtxCreate" expects the v3 (exec-affinity) signature. */
+    {"cuCtxCreate", 13000, "cuCtxCreate_v4"},
     {"cuCtxCreate", 11040, "cuCtxCreate_v3"},
     {"cuCtxCreate", 3020, "cuCtxCreate_v2"},
     {"cuCtxDestroy", 4000, "cuCtxDestroy_v2"},
     {"cuDevicePrimaryCtxRelease", 11000, "cuDevicePrimaryCtxRelease_v2"},
     {"cuDevicePrimaryCtxReset", 11000, "cuDevicePrimaryCtxReset_v2"},
     {"cuGetProcAddress", 12000, "cuGetProcAddress_v2"},
+    {"cuStreamBeginCapture", 10010, "cuStreamBeginCapture_v2"},
 };
 
 static void *hook_by_rule(const char *symbol, int version, cuuint64_t flags) {
@@ -170,7 +193,10 @@ static void postinit(void) {
     pthread_mutex_unlock(&g_post_mu);
 }
 
-void vgpu_intercept_atfork_child(void) { pthread_mutex_init(&g_post_mu, NULL); }
+void vgpu_intercept_atfork_child(void) {
+    pthread_mutex_init(&g_post_mu, NULL);
+    pthread_mutex_init(&g_sort_mu, NULL);
+}
 
 VGPU_EXPORT CUresult cuInit(unsigned int flags) {
     REQUIRE_REAL(cuInit);

@@ -72,7 +72,7 @@ void vgpu_real_load(void) {
     }
     for (size_t i = 0; i < VGPU_CUDA_COUNT; i++)
         if (k_cuda_names[i][0] != '\0') vgpu_real_cuda[i] = vgpu_real_dlsym(h, k_cuda_names[i]);
-    g_cuda_base = object_base(vgpu_real_cuda[VGPU_IDX_cuInit]);
+    __atomic_store_n(&g_cuda_base, object_base(vgpu_real_cuda[VGPU_IDX_cuInit]), __ATOMIC_RELEASE);
 }
 
 /* ------------------------------------------------------------------ libnvidia-ml */
@@ -87,7 +87,7 @@ void vgpu_nvml_load(void) {
         } else {
             for (size_t i = 0; i < VGPU_NVML_COUNT; i++)
                 if (k_nvml_names[i][0] != '\0') vgpu_real_nvml[i] = vgpu_real_dlsym(h, k_nvml_names[i]);
-            g_nvml_base = object_base(vgpu_real_nvml[VGPU_IDX_nvmlInit_v2]);
+            __atomic_store_n(&g_nvml_base, object_base(vgpu_real_nvml[VGPU_IDX_nvmlInit_v2]), __ATOMIC_RELEASE);
         }
         __atomic_store_n(&g_nvml_loaded, 1, __ATOMIC_RELEASE);
     }
@@ -109,9 +109,25 @@ int vgpu_nvml_ready(void) {
 
 /* ------------------------------------------------------------------ addresses */
 
+/* Same library name up to the first dot ("libcuda" of /usr/lib/x86_64-linux-gnu/libcuda.so.580.1). */
+static int same_library(const char *path, const char *configured) {
+    const char *a = strrchr(path, '/'), *b = strrchr(configured, '/');
+    a = a != NULL ? a + 1 : path;
+    b = b != NULL ? b + 1 : configured;
+    size_t la = strcspn(a, "."), lb = strcspn(b, ".");
+    return la > 0 && la == lb && strncmp(a, b, la) == 0;
+}
+
 int vgpu_real_in_driver(const void *sym) {
-    void *base = object_base(sym);
-    return base != NULL && (base == g_cuda_base || base == g_nvml_base);
+    Dl_info info;
+    if (sym == NULL || dladdr(sym, &info) == 0 || info.dli_fbase == NULL) return 0;
+    void *cuda_base = __atomic_load_n(&g_cuda_base, __ATOMIC_ACQUIRE);
+    void *nvml_base = __atomic_load_n(&g_nvml_base, __ATOMIC_ACQUIRE);
+    if (info.dli_fbase == cuda_base || info.dli_fbase == nvml_base) return 1;
+    /* Not loaded by us yet (dlsym answers without initialising): recognise the driver by its file name. */
+    if (info.dli_fname == NULL) return 0;
+    return (cuda_base == NULL && same_library(info.dli_fname, g_cfg.libcuda)) ||
+           (nvml_base == NULL && same_library(info.dli_fname, g_cfg.libnvml));
 }
 
 void vgpu_real_atfork_child(void) { pthread_mutex_init(&g_nvml_mu, NULL); }

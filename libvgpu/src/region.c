@@ -475,6 +475,28 @@ uint64_t vgpu_region_others_sm_util(int dev, uint64_t *sum_unsat, int *n_sat) {
     return sum;
 }
 
+void vgpu_region_set_hostpid(int hostpid) {
+    vgpu_region_register();
+    rlock();
+    vgpu_slot_t *s = ensure_slot_locked();
+    __atomic_store_n(&s->hostpid, hostpid, __ATOMIC_RELAXED);
+    runlock();
+}
+
+int vgpu_region_sibling_hostpids(unsigned int *out, int cap) {
+    vgpu_region_t *r = vgpu_region();
+    int k = 0;
+    rlock();
+    vgpu_slot_t *me = my_slot_locked();
+    int n = proc_num_clamped(r);
+    for (int i = 0; i < n && k < cap; i++) {
+        int hp = __atomic_load_n(&r->procs[i].hostpid, __ATOMIC_RELAXED);
+        if (&r->procs[i] != me && hp > 0) out[k++] = (unsigned int)hp;
+    }
+    runlock();
+    return k;
+}
+
 void vgpu_region_note_kernel(void) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME_COARSE, &ts);

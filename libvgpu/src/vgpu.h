@@ -34,6 +34,11 @@ extern struct vgpu_config g_cfg;
 
 /* Reads the environment into *cfg (pure apart from logging). */
 void vgpu_config_from_env(struct vgpu_config *cfg);
+/* Reads the environment into g_cfg once per process (no locks held, no library loaded: safe from dlsym). */
+void vgpu_config_load(void);
+void vgpu_config_atfork_child(void);
+/* Set while this thread runs process init (it loads the driver, whose constructors may look symbols up). */
+extern __thread int vgpu_t_in_init;
 /* Parses a HAMi-style size: integer (strtoul base 0) with an optional k/m/g suffix. Returns 0 on success
  * (*out set), -1 when the text is malformed (then *out holds HAMi-core's lenient reading). */
 int vgpu_parse_size(const char *text, uint64_t *out);
@@ -115,6 +120,10 @@ void vgpu_region_set_sm_util(int dev, uint64_t percent, int saturated);
  * number of saturated ones. Returns the total. */
 uint64_t vgpu_region_others_sm_util(int dev, uint64_t *sum_unsat, int *n_sat);
 void vgpu_region_note_kernel(void);
+/* Writes this process's host PID (as NVML reports it) into its slot. */
+void vgpu_region_set_hostpid(int hostpid);
+/* Host PIDs recorded by the other slots (up to cap); returns how many. */
+int vgpu_region_sibling_hostpids(unsigned int *out, int cap);
 /* Resets per-process state in a fork child. */
 void vgpu_region_atfork_child(void);
 /* At normal process exit: removes this process's slot. */
@@ -166,9 +175,49 @@ size_t vgpu_track_count(void);
 int vgpu_dev_index(CUdevice cudev);
 /* Region index of the current context's device; -1 without a context. *ctx gets the current context. */
 int vgpu_current_dev(CUcontext *ctx);
+/* A context is being destroyed: forget every thread's remembered context -> device entry. */
+void vgpu_devices_forget_ctx(void);
 /* Builds the CUDA→NVML map by UUID and publishes device_num/uuids in the region (after cuInit). */
 void vgpu_devices_postinit(void);
 void vgpu_devices_atfork_child(void);
+
+/* ------------------------------------------------------------------ NVML process views (nvproc.c) */
+
+#define VGPU_NVPROC_MAX 256
+struct vgpu_nvproc {
+    unsigned int pid; /* as NVML reports it: a host PID */
+    uint64_t used;    /* usedGpuMemory */
+};
+
+/* Compute processes on region device `idx` (NVML index); -1 when NVML cannot tell. */
+int vgpu_nvproc_list(int idx, struct vgpu_nvproc *out, int cap);
+/* Device-wide used memory per NVML; UINT64_MAX when unavailable. */
+uint64_t vgpu_nvproc_device_used(int idx);
+/* usedGpuMemory of `pid` in a list (0 when not listed). */
+uint64_t vgpu_nvproc_used(const struct vgpu_nvproc *p, int n, unsigned int pid);
+/* This process's host PID; 0 while unknown. */
+int vgpu_hostpid(void);
+/* Learns the host PID from the process lists before/after a context creation (no-op once known); writes it
+ * to the slot. Returns the host PID or 0. */
+int vgpu_hostpid_learn(const struct vgpu_nvproc *before, int nb, const struct vgpu_nvproc *after, int na);
+/* Pure: our host PID from the lists (nb/na < 0: list unavailable): self_pid when listed (no namespace), else
+ * the one PID that appeared and is no sibling's; -1 when none or ambiguous. */
+int vgpu_hostpid_from_diff(const struct vgpu_nvproc *before, int nb, const struct vgpu_nvproc *after, int na,
+                           unsigned int self_pid, const unsigned int *exclude, int nex);
+/* NVML SM utilisation of `hostpid` on device idx from samples newer than *last_seen_us (advanced to the newest
+ * sample seen). Returns the number of sample periods seen (our mean over them in *mean_pct), 0 when none, -1
+ * when unavailable; sets *others_active when another process had a non-zero sample, and *others_pct (when
+ * not NULL) to the other processes' summed utilisation averaged over the periods. */
+int vgpu_nvproc_sm_util(int idx, unsigned int hostpid, unsigned long long *last_seen_us, double *mean_pct,
+                        int *others_active, double *others_pct);
+/* Pure: `pid`'s mean smUtil over the sample periods newer than since_us (samples grouped into periods by
+ * timestamp; 0 in a period where only others reported); advances *newest_us; sets *others_active when another
+ * PID has a non-zero sample; *others_pct (when not NULL) gets the others' summed utilisation (capped at 100)
+ * averaged over the periods. Other PIDs missing from `alive` (nalive >= 0: the current compute processes)
+ * are ignored: exited processes leave samples behind. Returns the number of periods. */
+int vgpu_util_from_samples(const nvmlProcessUtilizationSample_t *s, int n, unsigned int pid,
+                           unsigned long long since_us, const struct vgpu_nvproc *alive, int nalive,
+                           double *mean_pct, unsigned long long *newest_us, int *others_active, double *others_pct);
 
 /* ------------------------------------------------------------------ SM controller (smctl.c) */
 
@@ -187,6 +236,27 @@ void vgpu_sm_before_launch(struct vgpu_launch_guard *g, CUstream stream, int pts
 void vgpu_sm_after_launch(struct vgpu_launch_guard *g, CUresult launch_result);
 /* Drops records/events that belong to a context being destroyed. */
 void vgpu_sm_forget_ctx(CUcontext ctx);
+/* Waits until no device controller is between a decision and its last driver call (smcapture.c). */
+void vgpu_sm_barrier(void);
+
+/* ------------------------------------------------------------------ stream capture (smcapture.c) */
+
+/* Capture bookkeeping for the hooks: a capture may be starting (call before the real begin; with began=0
+ * after it failed), and one may have ended on `stream`. While none is in progress in the process, throttled
+ * launches skip the capture query and the capture-mode exchange. */
+void vgpu_sm_capture_begin(int began);
+void vgpu_sm_capture_end(CUstream stream, int ptsz);
+int vgpu_sm_captures_possible(void);
+/* Whether `s` is capturing (1 also when the driver cannot tell). */
+int vgpu_stream_capturing(CUstream s, int ptsz);
+/* The thread's capture mode swapped to RELAXED around the controller's unsafe calls (only while a capture
+ * may be in progress), and restored. */
+struct vgpu_relaxed {
+    int on;
+    CUstreamCaptureMode saved;
+};
+void vgpu_sm_relax(struct vgpu_relaxed *m);
+void vgpu_sm_unrelax(struct vgpu_relaxed *m);
 void vgpu_sm_atfork_child(void);
 
 /* Pure controller maths, exposed for the unit tests. */
@@ -198,16 +268,41 @@ struct vgpu_bucket {
 };
 void vgpu_bucket_refill(struct vgpu_bucket *b, int64_t now_ns, double committed_ns);
 
+/* Busy intervals on one GPU timeline, sorted and disjoint (smmath.c). */
+#define VGPU_IVSET_MAX 64
+struct vgpu_ivset {
+    double s[VGPU_IVSET_MAX], e[VGPU_IVSET_MAX];
+    int n;
+};
+/* Adds [s, e) and returns the part of it not covered before (concurrent streams count once). */
+double vgpu_ivset_add(struct vgpu_ivset *v, double s, double e);
+
+/* Time-slice inflation of event-timed busy time (smmath.c): k >= 1, 1 when alone. */
+#define VGPU_INFLATION_MAX 20.0
+struct vgpu_inflation {
+    double ev; /* smoothed event-timed share */
+    double nv; /* smoothed NVML share */
+    double k;  /* event time / own time */
+};
+void vgpu_inflation_update(struct vgpu_inflation *f, double event_share, double nvml_share, int others_active);
+/* Starting factor from the other processes' recent busy fraction (0..1): 1 + that; never lowers k. */
+void vgpu_inflation_prior(struct vgpu_inflation *f, double others_busy);
+
 /* ------------------------------------------------------------------ memory hooks (hooks_mem.c) */
 
 void vgpu_mem_release_entry(const struct vgpu_track_entry *e);
-/* Re-reads the reserve of every tracked pool and corrects the charges. */
+/* Re-reads the reserve of every tracked pool and corrects the charges (one atomic load without pools). */
 void vgpu_pools_refresh(void);
+void vgpu_mem_atfork_child(void);
 uint64_t vgpu_array_bytes(const CUDA_ARRAY3D_DESCRIPTOR *d, unsigned int levels);
 
 /* ------------------------------------------------------------------ context hooks (hooks_ctx.c) */
 
 void vgpu_ctx_atfork_child(void);
+/* Pure: a context's footprint from NVML probes before/after its creation: our host PID's usedGpuMemory
+ * growth when the PID is known and both lists exist, else the device-wide delta; capped at 4 GiB. */
+uint64_t vgpu_ctx_footprint(const struct vgpu_nvproc *before, int nb, uint64_t dev_before,
+                            const struct vgpu_nvproc *after, int na, uint64_t dev_after, unsigned int hostpid);
 
 /* ------------------------------------------------------------------ interception (intercept.c) */
 

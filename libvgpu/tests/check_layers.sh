@@ -16,10 +16,15 @@ real 1
 region 2
 track 2
 device 3
+nvproc 3
 smctl 4
+smmath 4
+smcapture 4
 hooks_mem 5
 hooks_ctx 5
 hooks_launch 5
+hooks_sync 5
+hooks_capture 5
 intercept 6
 dlsym_x86_64 6
 process 7

@@ -8,8 +8,8 @@ HERE=$(cd "$(dirname "$0")/.." && pwd)
 B="$HERE/$BUILD"
 TMP=$(mktemp -d /tmp/vgpu-check.XXXXXX)
 trap 'rm -rf "$TMP"' EXIT
-export KUBE_VGPU_REAL_LIBCUDA="$B/fake/libcuda.so.1"
-export KUBE_VGPU_REAL_LIBNVML="$B/fake/libnvidia-ml.so.1"
+export KUBE_VGPU_REAL_LIBCUDA="$B/asan/fake/libcuda.so.1" # the sanitized fake, which the programs link
+export KUBE_VGPU_REAL_LIBNVML="$B/asan/fake/libnvidia-ml.so.1"
 export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:halt_on_error=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 export LSAN_OPTIONS="suppressions=$HERE/tests/lsan.supp:print_suppressions=0"
@@ -26,7 +26,8 @@ run() { # run <name> <expected-output-regex|-> <env...> -- <command...>
     shift
     n=$((n + 1))
     local out="$TMP/$name.out"
-    if env CUDA_DEVICE_MEMORY_SHARED_CACHE="$TMP/$name.cache" "${envs[@]}" "$@" >"$out" 2>&1; then
+    if env CUDA_DEVICE_MEMORY_SHARED_CACHE="$TMP/$name.cache" FAKE_GPU_STATE="$TMP/$name.gpu" "${envs[@]}" "$@" \
+        >"$out" 2>&1; then
         if [ "$want" != "-" ] && ! grep -Eq "$want" "$out"; then
             echo "FAIL $name: output does not match /$want/"; cat "$out"; failed=$((failed + 1)); return
         fi
@@ -53,5 +54,12 @@ run threads "^threads_delta=0" CUDA_DEVICE_MEMORY_LIMIT=1g -- "$S" threads 8
 run fork "^child_alloc=0" CUDA_DEVICE_MEMORY_LIMIT=1g -- "$S" fork
 run sm30 "^share=0\.(2[5-9]|3[0-4])" CUDA_DEVICE_SM_LIMIT=30 -- "$S" sm async kernel 1 800
 run passthrough "^dev0.cu_total=17179869184" CUDA_DEVICE_MEMORY_LIMIT=1g CUDA_DISABLE_CONTROL=true -- "$S" info 1
+# The fake driver's own semantics (no libvgpu): capture-mode rules, and events spanning other processes' slices.
+F="$B/asan/scenario_share"
+run capture_rules "^isolation.end=901" -- "$F" capture_rules
+run evtime "^own_kernel_ms=20.000" -- "$F" evtime 20 800
+# Two saturating processes on one GPU are time-sliced: each gets half of the device.
+run slicing "^share=0\.(4[6-9]|5[0-4])" -- bash -c "\"$S\" sm async kernel 0.5 800 stream >/dev/null &
+    \"$S\" sm async kernel 0.5 800 stream; wait"
 echo "make check: $((n - failed))/$n passed"
 exit $failed

@@ -458,7 +458,8 @@ static int cmd_sm(int argc, char **argv) {
     OK(cuGraphCreate(&g, 0));
     OK(cuGraphInstantiateWithFlags(&ge, g, 0));
     int ptsz = strstr(entry, "ptsz") != NULL;
-    fake_gpu_get_stats_fn st = stats_fn();
+    fake_gpu_get_proc_stats_fn st = (fake_gpu_get_proc_stats_fn)dlsym(RTLD_DEFAULT, "fakeGpuGetProcStats");
+    CHECK(st != NULL, "fakeGpuGetProcStats not found");
     double t0 = now_s();
     uint64_t n = 0;
     while (now_s() - t0 < secs) {
@@ -473,7 +474,8 @@ static int cmd_sm(int argc, char **argv) {
     }
     OK(cuCtxSynchronize());
     double wall = now_s() - t0;
-    struct fake_gpu_stats fs;
+    /* This process's own kernel time on the (possibly shared) device, over its own span. */
+    struct fake_gpu_proc_stats fs;
     CHECK(st(0, &fs) == 0, "stats");
     double span = (double)(fs.last_end_ns - fs.first_start_ns);
     printf("launches=%" PRIu64 "\nkernels=%" PRIu64 "\nbusy_ms=%.3f\nspan_ms=%.3f\nwall_ms=%.3f\nshare=%.4f\n", n,
@@ -490,6 +492,40 @@ static int cmd_launch_cost(int argc, char **argv) {
     for (uint64_t i = 0; i < n; i++) OK(cuLaunchKernel(f, 1, 1, 1, 1, 1, 1, 0, NULL, NULL, NULL));
     double dt = now_s() - t0;
     printf("launch_ns=%.1f\n", dt * 1e9 / (double)n);
+    return 0;
+}
+
+/* launch_calls <n> [stream]: driver and NVML calls this process makes per kernel launch (the application's
+ * own launch included), measured by the fake driver's call counter around n asynchronous launches. */
+static int cmd_launch_calls(int argc, char **argv) {
+    uint64_t n = argc > 0 ? strtoull(argv[0], NULL, 10) : 1000;
+    int use_stream = argc > 1 && strcmp(argv[1], "stream") == 0;
+    use_device(0);
+    CUstream s = NULL;
+    if (use_stream) OK(cuStreamCreate(&s, 0));
+    fake_gpu_get_call_count_fn calls = (fake_gpu_get_call_count_fn)dlsym(RTLD_DEFAULT, "fakeGpuGetCallCount");
+    CHECK(calls != NULL, "fakeGpuGetCallCount not found");
+    CUfunction f = (CUfunction)(uintptr_t)0x1000;
+    OK(cuLaunchKernel(f, 8, 1, 1, 128, 1, 1, 0, s, NULL, NULL)); /* first launch: lazy set-up excluded */
+    OK(cuCtxSynchronize());
+    uint64_t c0 = calls();
+    for (uint64_t i = 0; i < n; i++) OK(cuLaunchKernel(f, 8, 1, 1, 128, 1, 1, 0, s, NULL, NULL));
+    uint64_t c1 = calls();
+    OK(cuCtxSynchronize());
+    printf("launches=%" PRIu64 "\ndriver_calls=%" PRIu64 "\ncalls_per_launch=%.3f\n", n, c1 - c0,
+           (double)(c1 - c0) / (double)n);
+    return 0;
+}
+
+/* gpu_state: the shared fake GPU after dead processes are reaped (this process holds no context). */
+static int cmd_gpu_state(int argc, char **argv) {
+    (void)argc, (void)argv;
+    fake_gpu_reap_fn reap = (fake_gpu_reap_fn)dlsym(RTLD_DEFAULT, "fakeGpuReap");
+    CHECK(reap != NULL, "fakeGpuReap not found");
+    int procs = reap();
+    struct fake_gpu_stats fs;
+    CHECK(stats_fn()(0, &fs) == 0, "stats");
+    printf("gpu_procs=%d\ngpu_mem_used=%" PRIu64 "\n", procs - 1, fs.mem_used);
     return 0;
 }
 
@@ -567,6 +603,8 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "sm") == 0) return cmd_sm(n, a);
     if (strcmp(cmd, "launch_cost") == 0) return cmd_launch_cost(n, a);
     if (strcmp(cmd, "region") == 0) return cmd_region(n, a);
+    if (strcmp(cmd, "launch_calls") == 0) return cmd_launch_calls(n, a);
+    if (strcmp(cmd, "gpu_state") == 0) return cmd_gpu_state(n, a);
     if (strcmp(cmd, "threads") == 0) return cmd_threads(n, a);
     fprintf(stderr, "unknown command %s\n", cmd);
     return 2;
