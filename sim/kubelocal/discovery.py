@@ -7,6 +7,8 @@ verbs and subresources exist; kube-local serves exactly what ``resources.py`` de
 
 from __future__ import annotations
 
+from typing import Final
+
 from sim.kubelocal import errors
 from sim.kubelocal.resources import ALL_RESOURCES, OBJECT_VERBS, RESOURCES, STATUS_VERBS, Obj
 
@@ -105,6 +107,8 @@ def resource_list(group: str, version: str) -> Obj:
                 "verbs": ["create"],
             }
         )
+    if group == "":
+        entries.extend(_unserved_core_entries())
     group_version = f"{group}/{version}" if group else version
     return {
         "kind": "APIResourceList",
@@ -112,3 +116,31 @@ def resource_list(group: str, version: str) -> Obj:
         "groupVersion": group_version,
         "resources": entries,
     }
+
+
+# Core resources a kubectl user commonly types that kube-local does not serve. Discovery names them with no
+# verbs (the truth: nothing can be done with them here) so that kubectl sends the request and shows
+# kube-local's message (sim/kubelocal/unserved.py: what to use instead) rather than its own bare
+# `the server doesn't have a resource type "configmaps"`.
+UNSERVED_CORE: Final = (
+    ("configmaps", "configmap", "ConfigMap", ("cm",)),
+    ("secrets", "secret", "Secret", ()),
+    ("services", "service", "Service", ("svc",)),
+    ("endpoints", "endpoints", "Endpoints", ("ep",)),
+    ("persistentvolumeclaims", "persistentvolumeclaim", "PersistentVolumeClaim", ("pvc",)),
+    ("replicationcontrollers", "replicationcontroller", "ReplicationController", ("rc",)),
+)
+
+
+def _unserved_core_entries() -> list[Obj]:
+    return [
+        {
+            "name": plural,
+            "singularName": singular,
+            "namespaced": True,
+            "kind": kind,
+            "verbs": [],
+            **({"shortNames": list(short)} if short else {}),
+        }
+        for plural, singular, kind, short in UNSERVED_CORE
+    ]

@@ -345,7 +345,8 @@ def test_monitor_config(objects: list[Obj], tmp_path: Path, monkeypatch: pytest.
     assert cfg.node_name == DOWNWARD["spec.nodeName"]
     assert port_of(cfg.metrics_bind_address) == container_port(ctr, "metrics") == 9394
     assert listens_on_pod_ip(cfg.metrics_bind_address)
-    assert port_of(cfg.grpc_bind) == container_port(ctr, "grpc") and listens_on_pod_ip(cfg.grpc_bind)
+    # Named apart from the device plugin's `grpc` port: names are unique across a pod's containers.
+    assert port_of(cfg.grpc_bind) == container_port(ctr, "monitor-grpc") and listens_on_pod_ip(cfg.grpc_bind)
     for probe in ("readinessProbe", "livenessProbe"):
         assert ctr[probe]["grpc"]["port"] == port_of(cfg.grpc_bind)
     # The monitor reads the caches the device plugin creates: the same host directory.
