@@ -15,13 +15,13 @@ error handling.
 from __future__ import annotations
 
 import asyncio
-import json
 import ssl
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 from urllib.parse import urlencode
 
 import aiohttp
+import orjson
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from yarl import URL
@@ -122,7 +122,7 @@ class AsyncKube:
         """One call; the decoded JSON answer (None for an empty body). Raises `ApiException` for a non-2xx
         answer and `KubeConnectionError` when there was no answer."""
         session = self._session_for_loop()
-        data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        data = None if body is None else orjson.dumps(body)
         headers = self._headers(content_type if body is not None else None)
         url = self._host + path + ("?" + urlencode(list(query)) if query else "")
         # Without a `timeout` of its own the session's applies (an explicit None would mean none at all).
@@ -147,7 +147,7 @@ class AsyncKube:
                 body=payload.decode("utf-8", "replace"),
                 data=None,
             )
-        return json.loads(payload) if payload else None
+        return orjson.loads(payload) if payload else None
 
     async def close(self) -> None:
         if self._session is not None and not self._session.closed:

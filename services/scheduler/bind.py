@@ -7,8 +7,9 @@ For a GPU pod on node N, with a per-node asyncio lock held (binds of this proces
    another live pod holds it, up to `bind_lock_wait_seconds` from the start of the request;
 2. re-fit the pod on N against current usage: the pods the API server says are bound to N (read fresh, under
    the node lock, so another scheduler's bind that just finished is seen even when the watch lags; copies the
-   watch already applied cost nothing more), the watch cache and the reservations of binds under way; the pod
-   itself is left out (a re-bind after a failure must not count it twice);
+   watch already applied cost nothing more; no read at all when the pod watch has already applied every change
+   up to our lock write, which proves it holds all such binds), the watch cache and the reservations of binds
+   under way; the pod itself is left out (a re-bind after a failure must not count it twice);
 3. reserve the allocation in the cache, then merge-patch the pod: annotations `hami.io/vgpu-node`,
    `hami.io/vgpu-time`, `hami.io/vgpu-devices-to-allocate`, `hami.io/vgpu-devices-allocated`
    (+ `hami.io/vgpu-mig-allocations` for MIG), `hami.io/bind-phase: allocating`, `hami.io/bind-time`, and the
@@ -36,115 +37,37 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from services.common import wire
-from services.common.codecs import WireFormatError, encode_pod_single_device
+from services.common.codecs import WireFormatError
 from services.common.kube import core_path
 from services.common.kube_async import AsyncKube
 from services.common.log import get_logger
 from services.common.resources import NvidiaRequestConfig
-from services.scheduler.cache import Reservation, UsageCache
+from services.scheduler.bind_writes import (
+    BindError,
+    RecentPods,
+    already_bound,
+    bind_annotations,
+    revert_patch,
+    str_map,
+)
+from services.scheduler.cache import UsageCache
 from services.scheduler.decoders import PodContext, pod_context
 from services.scheduler.events import EventRecorder
 from services.scheduler.extender_api import BindArgs
 from services.scheduler.filtering import NORMAL, WARNING, EventText, fit_on
-from services.scheduler.fit import MigAssignment, NodeFit, PodAnnotationError, SchedulingPolicy
+from services.scheduler.fit import PodAnnotationError, SchedulingPolicy
 from services.scheduler.nodelock import MERGE_PATCH, LockError, NodeLocks
+from services.scheduler.snapshots import Reservation
 
-__all__ = [
-    "BIND_ANNOTATION_KEYS",
-    "BindError",
-    "Binder",
-    "already_bound",
-    "bind_annotations",
-    "encode_mig_allocations",
-    "revert_patch",
-]
+__all__ = ["Binder"]
 
 log = get_logger(__name__)
+
+# How long a bind under the node lock waits for the pod watch to pass its lock write before reading the
+# node's pods itself: a burst's other binds move the watch on within milliseconds.
+_CATCH_UP_POLLS: Final = 5
+_CATCH_UP_STEP_SECONDS: Final = 0.002
 _std_log = logging.getLogger(__name__)  # the stdlib logger behind `log`, for cheap level checks
-
-# Every pod annotation the bind writes (and a rollback restores).
-BIND_ANNOTATION_KEYS: Final = (
-    wire.VGPU_NODE,
-    wire.VGPU_TIME,
-    wire.VGPU_DEVICES_TO_ALLOCATE,
-    wire.VGPU_DEVICES_ALLOCATED,
-    wire.VGPU_MIG_ALLOCATIONS,
-    wire.BIND_PHASE,
-    wire.BIND_TIME,
-)
-
-
-class BindError(RuntimeError):
-    """A bind that cannot go on; the message is what kube-scheduler gets in `Error`."""
-
-
-def encode_mig_allocations(assignments: tuple[MigAssignment, ...]) -> str:
-    """`hami.io/vgpu-mig-allocations` (docs/hami-wire.md#mig-allocations) without the runtime fields the
-    device plugin adds."""
-    return json.dumps(
-        [
-            {
-                "containerIndex": a.container_index,
-                "deviceIndex": a.device_index,
-                "gpuUUID": a.gpu_uuid,
-                "profile": a.profile,
-                "placement": {"start": a.placement.start, "size": a.placement.size},
-            }
-            for a in assignments
-        ],
-        separators=(",", ":"),
-    )
-
-
-def bind_annotations(node: str, fit: NodeFit, now: datetime) -> dict[str, str]:
-    """The pod annotations a successful re-fit writes (HAMi's keys and value formats)."""
-    devices = encode_pod_single_device(fit.devices)
-    stamp = str(int(now.timestamp()))
-    annotations = {
-        wire.VGPU_NODE: node,
-        wire.VGPU_TIME: stamp,
-        wire.VGPU_DEVICES_TO_ALLOCATE: devices,
-        wire.VGPU_DEVICES_ALLOCATED: devices,
-        wire.BIND_PHASE: wire.BindPhase.ALLOCATING.value,
-        wire.BIND_TIME: stamp,
-    }
-    if fit.mig:
-        annotations[wire.VGPU_MIG_ALLOCATIONS] = encode_mig_allocations(fit.mig)
-    return annotations
-
-
-def revert_patch(
-    before_annotations: Mapping[str, str], before_labels: Mapping[str, str], written: Mapping[str, str]
-) -> dict[str, Any]:
-    """The merge patch that restores what a bind patch overwrote (null where a key was absent)."""
-    return {
-        "metadata": {
-            "annotations": {key: before_annotations.get(key) for key in written},
-            "labels": {wire.VGPU_NODE: before_labels.get(wire.VGPU_NODE)},
-        }
-    }
-
-
-def already_bound(pod: Mapping[str, Any], node: str, *, gpu: bool) -> str | None:
-    """None when the pod still needs binding; "" when it is already bound to `node` by an earlier bind (a
-    retried request: success, nothing to redo); an error when it is bound elsewhere."""
-    spec = pod.get("spec")
-    bound = spec.get("nodeName") if isinstance(spec, Mapping) else None
-    if not bound:
-        return None
-    metadata = pod.get("metadata")
-    annotations = metadata.get("annotations") if isinstance(metadata, Mapping) else None
-    ours = isinstance(annotations, Mapping) and annotations.get(wire.VGPU_NODE) == node
-    if bound == node and (ours or not gpu):
-        return ""
-    name = f"{metadata.get('namespace')}/{metadata.get('name')}" if isinstance(metadata, Mapping) else "pod"
-    return f'pod {name} is already assigned to node "{bound}"'
-
-
-def _str_map(value: object) -> dict[str, str]:
-    if not isinstance(value, dict):
-        return {}
-    return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)}
 
 
 def _api_error(exc: ApiException) -> str:
@@ -153,46 +76,6 @@ def _api_error(exc: ApiException) -> str:
     except (ValueError, AttributeError):
         message = None
     return str(message or f"{exc.status} {exc.reason}")
-
-
-class RecentPods:
-    """The pods kube-scheduler just filtered, by UID, for the bind that follows within the same scheduling
-    cycle: the bind starts from that copy instead of a GET. The copy is only trusted through the
-    resourceVersion precondition of the bind's pod patch (a 409 sends the bind back to a fresh read), so a
-    stale or forged copy cannot place a pod on outdated facts. Bounded in count and age."""
-
-    def __init__(self, limit: int = 1024, max_age: float = 60.0) -> None:
-        self._limit = max(1, limit)
-        self._max_age = max_age
-        self._pods: dict[str, tuple[Mapping[str, Any], float]] = {}
-
-    def __len__(self) -> int:
-        return len(self._pods)
-
-    def remember(self, pod: Mapping[str, Any]) -> None:
-        metadata = pod.get("metadata")
-        if not isinstance(metadata, Mapping):
-            return
-        uid, rv = metadata.get("uid"), metadata.get("resourceVersion")
-        if not isinstance(uid, str) or not uid or not isinstance(rv, str) or not rv:
-            return  # without a resourceVersion the copy could not be checked at patch time
-        self._pods.pop(uid, None)
-        if len(self._pods) >= self._limit:
-            del self._pods[next(iter(self._pods))]  # the oldest entry (dicts keep insertion order)
-        self._pods[uid] = (pod, time.monotonic())
-
-    def take(self, namespace: str, name: str, uid: str) -> Mapping[str, Any] | None:
-        """The filtered copy of pod `uid` when it is that namespace/name and recent enough; forgotten then."""
-        entry = self._pods.pop(uid, None) if uid else None
-        if entry is None:
-            return None
-        pod, seen = entry
-        metadata = pod.get("metadata")
-        if time.monotonic() - seen > self._max_age or not isinstance(metadata, Mapping):
-            return None
-        if metadata.get("namespace", "default") != namespace or metadata.get("name") != name:
-            return None
-        return pod
 
 
 class _StalePod(Exception):
@@ -225,7 +108,11 @@ class Binder:
         is_leader: Callable[[], bool] = lambda: True,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         kube: AsyncKube | None = None,
+        pods_applied: Callable[[], str] | None = None,
     ) -> None:
+        # `pods_applied`: the resourceVersion through which the pod watch feeding `cache` has applied every
+        # change (`Reflector.applied_resource_version`); None: always read the node's pods fresh at bind time.
+        self._pods_applied = pods_applied
         # The bind's API calls run on the event loop (aiohttp), configured like the official client `core`.
         self._http = kube if kube is not None else AsyncKube(core.api_client.configuration)
         self._own_http = kube is None
@@ -261,6 +148,25 @@ class Binder:
         pods = await self._http.request("GET", core_path("pods"), query=query)
         items: list[dict[str, Any]] = pods.get("items") or []
         return items
+
+    async def _watch_has_seen(self, version: str) -> bool:
+        """Whether the pod watch has applied every pod change up to resourceVersion `version` (our node lock
+        write's), waiting a few milliseconds for it while other binds keep pod events coming.
+
+        Then the cache holds every pod a bind placed on the node before our lock: such a bind wrote its
+        annotations while it held the lock, so before our write, and a watch delivers changes in
+        resourceVersion order. A LIST of the node's pods now would show nothing more, so it is skipped."""
+        if self._pods_applied is None or not version.isdigit():
+            return False
+        target = int(version)
+        for attempt in range(_CATCH_UP_POLLS + 1):
+            applied = self._pods_applied()
+            if applied.isdigit() and int(applied) >= target:
+                return True
+            if attempt == _CATCH_UP_POLLS or len(self._inflight) <= 1:
+                return False  # no other bind under way: the next pod event may be far off
+            await asyncio.sleep(_CATCH_UP_STEP_SECONDS)
+        return False
 
     async def _bound_node(self, namespace: str, name: str) -> str | None:
         """The node the pod is bound to now (None when unbound or unreadable)."""
@@ -424,17 +330,22 @@ class Binder:
                 return done
             if ctx is None:  # `ctx` is the context of `pod` when the caller already decoded it
                 ctx = pod_context(pod, self._request_config)
+            lock_version = ""
             if ctx.app_requests_gpu:
                 self._held[node] = (ns, name)
                 progress.lock_attempted = True
                 wrote = await self._locks.acquire(
                     node, ns, name, wait_seconds=self._lock_wait, started=started
                 )
+                written = self._locks.written_versions.pop(node, "")
                 if not wrote and not fresh:
                     progress.lock_attempted = False  # an earlier bind's lock: not this attempt's to release
                     raise _StalePod()
                 progress.lock_taken = True
-            on_node = await self._pods_on_node(node)
+                lock_version = written if wrote else ""
+            # The pods on the node as of now: the watch's when it has already applied every pod change up to
+            # our lock write (docs/hami-wire.md#node-lock), else a fresh read.
+            on_node = None if await self._watch_has_seen(lock_version) else await self._pods_on_node(node)
             snapshot = self._cache.snapshot(node, exclude_uid=uid, fresh_pods=on_node)
             if snapshot is None:
                 health = self._cache.health(node)
@@ -465,8 +376,8 @@ class Binder:
             except WireFormatError as exc:
                 raise BindError(f"cannot encode the allocation of {ns}/{name}: {exc}") from None
             metadata = pod.get("metadata") or {}
-            progress.before_annotations = _str_map(metadata.get("annotations"))
-            progress.before_labels = _str_map(metadata.get("labels"))
+            progress.before_annotations = str_map(metadata.get("annotations"))
+            progress.before_labels = str_map(metadata.get("labels"))
             progress.written = annotations
             patch_meta: dict[str, Any] = {"annotations": annotations, "labels": {wire.VGPU_NODE: node}}
             if metadata.get("resourceVersion"):

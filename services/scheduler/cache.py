@@ -31,18 +31,15 @@ read builds it again. A filter over 1000 nodes therefore costs a dictionary look
 
 from __future__ import annotations
 
-import bisect
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from services.common import wire
 from services.common.log import get_logger
-from services.common.model import DeviceUsage, MigPlacement, PodSingleDevice
-from services.scheduler.allocation import apply_allocation
 from services.scheduler.decoders import (
     NodeState,
     PodUsage,
@@ -51,59 +48,34 @@ from services.scheduler.decoders import (
     pod_finished,
     pod_usage_from_object,
 )
-from services.scheduler.fit import NodeFit, NodeSnapshot
+from services.scheduler.fit import NodeSnapshot
 from services.scheduler.health import NodeHealth, needs_handshake
-from services.scheduler.quota import QuotaLimit, QuotaView, build_quota_view, tracked_limits
+from services.scheduler.quota import QuotaBook, QuotaLimit, QuotaView, build_quota_view
+from services.scheduler.snapshots import (
+    CachedSnapshot,
+    ChangeJournal,
+    Reservation,
+    build_snapshot,
+    effective_usages,
+    same_placement,
+    same_version,
+    trimmed_allocation,
+    usages_of,
+    usages_on,
+    with_reservation,
+)
 
-__all__ = [
-    "CachedSnapshot",
-    "Reservation",
-    "UsageCache",
-    "build_snapshot",
-]
+__all__ = ["UsageCache"]
 
 log = get_logger(__name__)
 
 Obj = dict[str, Any]
 
 _DELETED: Final = "DELETED"
-_JOURNAL_LIMIT: Final = 50_000
 
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-# --- Reservations -------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Reservation:
-    """A bind under way (or just done, until the pod's annotations are seen): its usage counts on `node`."""
-
-    uid: str
-    namespace: str
-    name: str
-    node: str
-    allocation: PodSingleDevice
-    init_count: int = 0
-    sidecar_slots: frozenset[int] = frozenset()
-    mig: tuple[tuple[str, MigPlacement], ...] = ()
-    committed: bool = False
-    created: float = field(default_factory=time.monotonic)
-
-    def as_usage(self) -> PodUsage:
-        return PodUsage(
-            uid=self.uid,
-            namespace=self.namespace,
-            name=self.name,
-            node=self.node,
-            allocation=self.allocation,
-            init_count=self.init_count,
-            sidecar_slots=self.sidecar_slots,
-            bind_phase=wire.BindPhase.ALLOCATING.value,
-            mig=self.mig,
-        )
 
 
 # --- The cache ----------------------------------------------------------------------------------------------
@@ -126,7 +98,7 @@ class UsageCache:
         self._by_node: dict[str, set[str]] = {}  # node -> uids of the pods in _pods placed there
         self._pod_uids: dict[str, str] = {}  # ns/name -> uid, for pods holding usage
         self._reservations: dict[str, Reservation] = {}  # uid -> reservation
-        self._quotas: dict[str, list[QuotaLimit]] = {}  # ns/name of the ResourceQuota -> its tracked limits
+        self._quotas = QuotaBook(memory_resource, core_resource)
         self._memory_resource = memory_resource
         self._core_resource = core_resource
         self._memory_factor = max(memory_factor, 1)
@@ -136,11 +108,7 @@ class UsageCache:
         # whatever the time (then a read needs no health check)
         self._snapshots: dict[str, tuple[CachedSnapshot, bool]] = {}
         self._versions: dict[str, int] = {}  # node -> generation of its last change
-        # The change journal: (generation, node) of every touch in order, so a reader holding results computed
-        # at generation g re-checks only the nodes changed since (`changed_since`). Trimmed from the front.
-        self._journal_generations: list[int] = []
-        self._journal_nodes: list[str] = []
-        self._journal_floor = 0  # changes at or below this generation are no longer in the journal
+        self._journal = ChangeJournal()  # every touch, for `changed_since`
         self._pod_versions: dict[str, str] = {}  # uid -> resourceVersion of the pod copy `_pods` holds
         self._locked: set[str] = set()  # nodes whose watched state carries the node lock annotation
         self._volatile: set[str] = set()  # nodes whose schedulability depends on the time (a handshake)
@@ -149,13 +117,7 @@ class UsageCache:
         """The node's usage or inventory changed (call with the lock held): its snapshot is stale."""
         self._versions[node] = self.generation
         self._snapshots.pop(node, None)
-        self._journal_generations.append(self.generation)
-        self._journal_nodes.append(node)
-        if len(self._journal_nodes) > _JOURNAL_LIMIT:
-            cut = _JOURNAL_LIMIT // 2
-            self._journal_floor = self._journal_generations[cut - 1]
-            del self._journal_generations[:cut]
-            del self._journal_nodes[:cut]
+        self._journal.record(self.generation, node)
 
     def _touch_uid(self, uid: str) -> None:
         """Stale snapshots wherever pod `uid` counts (its watched copy and its reservation)."""
@@ -225,7 +187,7 @@ class UsageCache:
                 if isinstance(version, str) and version:
                     self._pod_versions[uid] = version
                 reservation = self._reservations.get(uid)
-                if reservation is not None and _same_placement(reservation, usage):
+                if reservation is not None and same_placement(reservation, usage):
                     # The pod's own annotations now say what the reservation said: it has done its job.
                     del self._reservations[uid]
             after = self._effect_of(uid)
@@ -244,7 +206,7 @@ class UsageCache:
         usage = reservation.as_usage() if reservation is not None else self._pods.get(uid)
         if usage is None:
             return None
-        allocation = tuple(tuple(slot) for slot in _trimmed(usage.effective_allocation()))
+        allocation = tuple(tuple(slot) for slot in trimmed_allocation(usage.effective_allocation()))
         return usage.node, (allocation, usage.init_count, usage.sidecar_slots, usage.mig)
 
     def _forget(self, uid: str) -> None:
@@ -259,19 +221,9 @@ class UsageCache:
                     del self._by_node[old.node]
 
     def on_quota_event(self, event_type: str, quota: Obj) -> None:
-        metadata = metadata_of(quota)
-        namespace = str(metadata.get("namespace") or "")
-        name = str(metadata.get("name") or "")
         with self._lock:
             self.generation += 1
-            if event_type == _DELETED:
-                self._quotas.pop(f"{namespace}/{name}", None)
-                return
-            limits = tracked_limits(quota, self._memory_resource, self._core_resource)
-            if limits:
-                self._quotas[f"{namespace}/{name}"] = limits
-            else:
-                self._quotas.pop(f"{namespace}/{name}", None)
+            self._quotas.apply(event_type, quota)
 
     # --- reservations ---------------------------------------------------------------------------------------
 
@@ -288,17 +240,7 @@ class UsageCache:
             self._touch(reservation.node)
             if entry is not None:
                 previous, steady = entry
-                devices = [replace(device) for device in previous.devices]
-                apply_allocation(
-                    devices, reservation.allocation, reservation.init_count, reservation.sidecar_slots
-                )
-                derived = CachedSnapshot(
-                    name=previous.name,
-                    devices=devices,
-                    annotations=previous.annotations,
-                    mig_placements=previous.mig_placements,
-                )
-                self._snapshots[reservation.node] = (derived, steady)
+                self._snapshots[reservation.node] = (with_reservation(previous, reservation), steady)
 
     def commit_reservation(self, uid: str) -> None:
         """The bind succeeded: keep counting until the pod's annotations arrive through the watch."""
@@ -306,7 +248,7 @@ class UsageCache:
             reservation = self._reservations.get(uid)
             if reservation is not None:
                 current = self._pods.get(uid)
-                if current is not None and _same_placement(reservation, current):
+                if current is not None and same_placement(reservation, current):
                     self.generation += 1
                     before = self._effect_of(uid)
                     del self._reservations[uid]
@@ -355,12 +297,7 @@ class UsageCache:
         """(the current generation, the nodes touched after `generation`); None for the nodes when the journal
         no longer reaches back that far (treat every node as changed)."""
         with self._lock:
-            current = self.generation
-            if generation < self._journal_floor:
-                return current, None
-            gens = self._journal_generations
-            start = bisect.bisect_right(gens, generation)
-            return current, set(self._journal_nodes[start:])
+            return self.generation, self._journal.changed_since(generation)
 
     def volatile_nodes(self) -> frozenset[str]:
         """Nodes whose schedulability depends on the time (a handshake awaiting the kubelet): a result about
@@ -418,40 +355,10 @@ class UsageCache:
     def pods(self, *, include_reservations: bool = True) -> list[PodUsage]:
         """Every pod holding GPU usage (a reservation stands for its pod), sorted by namespace/name."""
         with self._lock:
-            usages = self._effective_usages(None, None) if include_reservations else dict(self._pods)
+            usages = (
+                effective_usages(self._pods, self._reservations) if include_reservations else dict(self._pods)
+            )
         return sorted(usages.values(), key=lambda u: (u.namespace, u.name, u.uid))
-
-    def _effective_usages(
-        self, exclude_uid: str | None, override: Mapping[str, PodUsage] | None
-    ) -> dict[str, PodUsage]:
-        usages = dict(self._pods)
-        if override:
-            usages.update(override)
-        for uid, reservation in self._reservations.items():
-            usages[uid] = reservation.as_usage()
-        if exclude_uid:
-            usages.pop(exclude_uid, None)
-        return usages
-
-    def _usages_on(
-        self, node: str, exclude_uid: str | None, override: Mapping[str, PodUsage] | None
-    ) -> list[PodUsage]:
-        """What counts on one node (call with the lock held): watched pods, overridden by fresh copies, then
-        by reservations; a pod whose newer state places it elsewhere drops out."""
-        found = {uid: self._pods[uid] for uid in self._by_node.get(node, ())}
-        for uid, usage in (override or {}).items():
-            if usage.node == node:
-                found[uid] = usage
-            else:
-                found.pop(uid, None)
-        for uid, reservation in self._reservations.items():
-            if reservation.node == node:
-                found[uid] = reservation.as_usage()
-            else:
-                found.pop(uid, None)
-        if exclude_uid:
-            found.pop(exclude_uid, None)
-        return list(found.values())
 
     def health(self, name: str) -> NodeHealth | None:
         """None when the node is unknown (not registered, or filtered out by the node label selector)."""
@@ -481,8 +388,8 @@ class UsageCache:
                 # A fresh copy at the resourceVersion the watch already applied says nothing new: only the
                 # others override (and with none left, the shared snapshot and its verdicts serve).
                 versions = self._pod_versions
-                fresh = [pod for pod in fresh if not _same_version(versions, pod)]
-            override = self._usages_of(fresh) if fresh else None
+                fresh = [pod for pod in fresh if not same_version(versions, pod)]
+            override = usages_of(fresh) if fresh else None
         with self._lock:
             # The shared snapshot serves every read that would build the same thing: no fresh pods, and the
             # excluded pod (if any) does not count on this node. First the hot path of a filter over many
@@ -507,7 +414,7 @@ class UsageCache:
             if shared and entry is not None:
                 return entry[0]
             version = self._versions.get(name)
-            usages = self._usages_on(name, exclude_uid, override)
+            usages = usages_on(name, self._pods, self._by_node, self._reservations, exclude_uid, override)
         snapshot = build_snapshot(state, usages)
         if shared:
             with self._lock:
@@ -583,30 +490,25 @@ class UsageCache:
         if not state.name or not state.health(self._clock()).schedulable:
             return None
         with self._lock:
-            usages = self._usages_on(state.name, exclude_uid, None)
+            usages = usages_on(state.name, self._pods, self._by_node, self._reservations, exclude_uid)
         return build_snapshot(state, usages)
-
-    @staticmethod
-    def _usages_of(pods: Iterable[Obj]) -> dict[str, PodUsage]:
-        found: dict[str, PodUsage] = {}
-        for pod in pods:
-            usage, _ = pod_usage_from_object(pod)
-            if usage is not None:
-                found[usage.uid] = usage
-        return found
 
     def quota_limits(self) -> list[QuotaLimit]:
         with self._lock:
-            return [limit for limits in self._quotas.values() for limit in limits]
+            return self._quotas.limits()
 
     def quota_view(self, *, exclude_uid: str | None = None) -> QuotaView:
         """Namespace quotas (the strictest limit per key when several ResourceQuotas set it) with the usage
         of every counted pod, reservations included."""
         with self._lock:
-            limits = [limit for limits in self._quotas.values() for limit in limits]
+            limits = self._quotas.limits()
             namespaces = {limit.namespace for limit in limits}
             usages = (
-                [u for u in self._effective_usages(exclude_uid, None).values() if u.namespace in namespaces]
+                [
+                    u
+                    for u in effective_usages(self._pods, self._reservations, exclude_uid).values()
+                    if u.namespace in namespaces
+                ]
                 if namespaces
                 else []
             )
@@ -617,49 +519,3 @@ class UsageCache:
             memory_resource=self._memory_resource,
             core_resource=self._core_resource,
         )
-
-
-def _same_version(versions: Mapping[str, str], pod: Obj) -> bool:
-    """Whether `versions` (uid -> resourceVersion of the copies the cache counts) holds exactly this copy."""
-    metadata = metadata_of(pod)
-    version = metadata.get("resourceVersion")
-    uid = metadata.get("uid")
-    return bool(version) and isinstance(uid, str) and versions.get(uid) == version
-
-
-def _trimmed(allocation: PodSingleDevice) -> PodSingleDevice:
-    """Without trailing empty slots (decoding keeps one after the final `;`)."""
-    end = len(allocation)
-    while end and not allocation[end - 1]:
-        end -= 1
-    return [list(slot) for slot in allocation[:end]]
-
-
-def _same_placement(reservation: Reservation, usage: PodUsage) -> bool:
-    return reservation.node == usage.node and _trimmed(reservation.allocation) == _trimmed(usage.allocation)
-
-
-@dataclass(eq=False)
-class CachedSnapshot(NodeSnapshot):
-    """A snapshot as the cache builds it; possibly shared between readers, so never to be modified.
-    `fits` is where `filtering.evaluate` keeps the outcome of fitting a given pod shape on it."""
-
-    fits: dict[Hashable, NodeFit] = field(default_factory=dict, repr=False)
-
-
-def build_snapshot(state: NodeState, usages: Sequence[PodUsage]) -> CachedSnapshot:
-    """A node's cards with the given pods' usage added (docs/hami-wire.md#node-usage); unknown GPU UUIDs are
-    logged, skipped."""
-    devices = [DeviceUsage.from_device(d) for d in state.devices]
-    mig: dict[str, list[MigPlacement]] = {}
-    for usage in sorted(usages, key=lambda u: u.uid):
-        unknown = apply_allocation(
-            devices, usage.effective_allocation(), usage.init_count, usage.sidecar_slots
-        )
-        if unknown:
-            log.debug("pod_devices_unknown_on_node", pod=usage.key, node=state.name, uuids=unknown)
-        for uuid, placement in usage.mig:
-            mig.setdefault(uuid, []).append(placement)
-    return CachedSnapshot(
-        name=state.name, devices=devices, annotations=dict(state.annotations), mig_placements=mig
-    )

@@ -24,12 +24,12 @@ above 1 MiB and malformed JSON included. The handlers never let an exception esc
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any, Final
 
+import orjson
 from aiohttp import web
 
 from services.common.log import get_logger
@@ -93,10 +93,13 @@ _Ranking = tuple[Sequence[NodeFit], str, dict[str, Any], str]
 
 
 def _json(data: Any) -> web.Response:
-    """`web.json_response` for a body already encoded as JSON text."""
-    return web.Response(
-        text=data if isinstance(data, str) else json.dumps(data), content_type="application/json"
-    )
+    """`web.json_response`, taking a body already encoded as JSON (text or UTF-8 bytes) as it is, and encoding
+    anything else with orjson (several times cheaper than `json` on a filter answer)."""
+    if isinstance(data, str):
+        data = data.encode()
+    elif not isinstance(data, bytes):
+        data = orjson.dumps(data)
+    return web.Response(body=data, content_type="application/json", charset="utf-8")
 
 
 def _pod_ref(ctx: PodContext) -> dict[str, str]:
@@ -307,7 +310,7 @@ class Extender:
         self._metrics.filter_seconds.observe(time.perf_counter() - started)
         return _json(result)
 
-    async def _filter(self, request: web.Request) -> dict[str, Any] | str:
+    async def _filter(self, request: web.Request) -> dict[str, Any] | str | bytes:
         try:
             args = decode_extender_args(await self._body(request))
         except ExtenderRequestError as exc:
@@ -356,7 +359,7 @@ class Extender:
             return filter_result(nodes=[by_name[n] for n in chosen], failed=outcome.failed)
         answer = outcome.derived.get("filter")
         if answer is None:
-            answer = outcome.derived["filter"] = json.dumps(
+            answer = outcome.derived["filter"] = orjson.dumps(
                 filter_result(node_names=chosen or None, failed=outcome.failed)
             )
         return answer
@@ -372,7 +375,7 @@ class Extender:
             ctx = self._pod_context(args.pod)
             names = args.candidate_names
             if not ctx.has_gpu_request or not await self._wait_ready():
-                return web.json_response(priority_list({}, names))
+                return _json(priority_list({}, names))
             ranking = self._cycle_fits(ctx, args)
             if ranking is None:
                 try:
@@ -410,7 +413,7 @@ class Extender:
         self._metrics.bind_seconds.labels("error" if error else "success").observe(
             time.perf_counter() - started
         )
-        return web.json_response(bind_result(error))
+        return _json(bind_result(error))
 
     async def healthz(self, _: web.Request) -> web.Response:
         return web.Response(text="ok")

@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+import orjson
+
 from services.common.names import label_problem, subdomain_problem
 
 __all__ = [
@@ -75,9 +77,10 @@ def node_name(node: Mapping[str, Any]) -> str:
 
 def _load_object(body: bytes | str, what: str) -> Obj:
     try:
-        document = json.loads(body)
+        # orjson: several times faster than `json` on a pod and hundreds of node names; like Go's decoder it
+        # takes UTF-8 only and refuses NaN, and nesting deeper than 1024 is a decode error, not a crash.
+        document = orjson.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        # RecursionError: nesting deeper than the decoder's stack allows, a malformed (or hostile) body.
         raise ExtenderRequestError(f"cannot decode {what}: {exc}") from None
     if not isinstance(document, dict):
         raise ExtenderRequestError(f"cannot decode {what}: want a JSON object, got {type(document).__name__}")

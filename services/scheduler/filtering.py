@@ -21,7 +21,6 @@ from typing import Any, Final
 
 from services.common import wire
 from services.common.codecs import parse_reasons
-from services.scheduler.cache import CachedSnapshot
 from services.scheduler.decoders import PodContext
 from services.scheduler.fit import (
     NodeFit,
@@ -32,6 +31,7 @@ from services.scheduler.fit import (
     priority_scores,
 )
 from services.scheduler.quota import QuotaView
+from services.scheduler.snapshots import CachedSnapshot
 
 __all__ = [
     "EventText",

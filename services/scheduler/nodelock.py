@@ -189,6 +189,9 @@ class NodeLocks:
         self._ttl = timedelta(seconds=ttl_seconds)
         self._clock = clock
         self._poll_initial = poll_initial
+        # node -> the resourceVersion of the lock this process last wrote there (the write's place in the API
+        # server's order of changes; the binder pops it right after `acquire`)
+        self.written_versions: dict[str, str] = {}
         self._poll_max = poll_max
 
     # --- raw API calls (on the event loop) ---------------------------------------------------------------
@@ -208,9 +211,13 @@ class NodeLocks:
             raise
         return data
 
-    async def _write(self, node: str, value: str | None, resource_version: str) -> None:
+    async def _write(self, node: str, value: str | None, resource_version: str) -> str:
+        """The conditional write; returns the node's resourceVersion after it ("": none in the answer)."""
         body = {"metadata": {"annotations": {wire.NODE_LOCK: value}, "resourceVersion": resource_version}}
-        await self._http.request("PATCH", core_path("nodes", node), body=body, content_type=MERGE_PATCH)
+        answer = await self._http.request(
+            "PATCH", core_path("nodes", node), body=body, content_type=MERGE_PATCH
+        )
+        return _resource_version(answer) if isinstance(answer, dict) else ""
 
     async def close(self) -> None:
         """Close the HTTP session this instance made for itself (none when the caller handed one in)."""
@@ -258,7 +265,9 @@ class NodeLocks:
                     if state.verdict is not LockVerdict.FREE:
                         log.info("node_lock_takeover", node=node, previous=value, why=why)
                     try:
-                        await self._write(node, lock_value(namespace, name, self._clock()), resource_version)
+                        self.written_versions[node] = await self._write(
+                            node, lock_value(namespace, name, self._clock()), resource_version
+                        )
                         return True
                     except ApiException as exc:
                         if exc.status != 409:

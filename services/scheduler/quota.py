@@ -21,6 +21,7 @@ from services.scheduler.decoders import PodContext, PodUsage, metadata_of
 
 __all__ = [
     "NamespaceQuota",
+    "QuotaBook",
     "QuotaEntry",
     "QuotaFits",
     "QuotaLimit",
@@ -64,6 +65,33 @@ def tracked_limits(quota: Mapping[str, Any], memory_resource: str, core_resource
         if value is not None:
             limits.append(QuotaLimit(namespace, name, key, value))
     return limits
+
+
+class QuotaBook:
+    """The tracked limits of every ResourceQuota seen (by namespace/name), fed by its watch events. Not
+    thread-safe: the scheduler's cache calls it under its own lock."""
+
+    def __init__(self, memory_resource: str, core_resource: str) -> None:
+        self._memory_resource = memory_resource
+        self._core_resource = core_resource
+        self._limits: dict[str, list[QuotaLimit]] = {}
+
+    def apply(self, event_type: str, quota: Mapping[str, Any]) -> None:
+        """A watch event (`ADDED`, `MODIFIED`, `DELETED`) of one ResourceQuota."""
+        metadata = metadata_of(quota)
+        key = f"{metadata.get('namespace') or ''}/{metadata.get('name') or ''}"
+        limits = (
+            tracked_limits(quota, self._memory_resource, self._core_resource)
+            if event_type != "DELETED"
+            else []
+        )
+        if limits:
+            self._limits[key] = limits
+        else:
+            self._limits.pop(key, None)
+
+    def limits(self) -> list[QuotaLimit]:
+        return [limit for limits in self._limits.values() for limit in limits]
 
 
 # --- The view a fit checks against --------------------------------------------------------------------------

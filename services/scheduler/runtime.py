@@ -188,6 +188,7 @@ class SchedulerRuntime:
                 is_leader=self.leader.is_leader,
                 clock=self._clock,
                 kube=self.kube_http,
+                pods_applied=self._pods_applied,
             )
             self._start_reflectors(client.CoreV1Api(self._watch_api))
         self.extender = Extender(
@@ -253,6 +254,13 @@ class SchedulerRuntime:
             frozen=gc.get_freeze_count(),
             seconds=round(time.perf_counter() - started, 3),
         )
+
+    def _pods_applied(self) -> str:
+        """The resourceVersion through which the pod watch has fed the cache ("" before it runs)."""
+        for reflector in self.reflectors:
+            if reflector.name == "pods":
+                return reflector.applied_resource_version
+        return ""
 
     def _start_reflectors(self, watch_core: client.CoreV1Api) -> None:
         cfg = self.cfg

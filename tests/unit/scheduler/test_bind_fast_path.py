@@ -239,9 +239,9 @@ class SpyLocks(NodeLocks):
         self.owner_reads.append(f"{namespace}/{name}")
         return await super()._read_pod(namespace, name)
 
-    async def _write(self, node: str, value: str | None, resource_version: str) -> None:
+    async def _write(self, node: str, value: str | None, resource_version: str) -> str:
         self.writes.append((value, resource_version))
-        await super()._write(node, value, resource_version)
+        return await super()._write(node, value, resource_version)
 
 
 def rv(obj: dict[str, Any]) -> str:
@@ -572,3 +572,64 @@ async def test_a_repeated_bind_from_a_stale_copy_keeps_the_lock_for_the_device_p
     assert await extender.bind(pod, "node-a") == ""
     # The device plugin's Allocate has not run yet: the lock the first bind left must still be there.
     assert kube.lock("node-a") == lock
+
+
+# --- (d) the node's pods from the watch when it has passed the lock write -----------------------------------
+
+
+def spy_node_reads(ext: Extender, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The nodes whose pods the binder LISTs (still read for real)."""
+    binder = ext.runtime.binder
+    assert binder is not None
+    listed: list[str] = []
+    real = binder._pods_on_node
+
+    async def pods_on_node(node: str) -> list[dict[str, Any]]:
+        listed.append(node)
+        return await real(node)
+
+    monkeypatch.setattr(binder, "_pods_on_node", pods_on_node)
+    return listed
+
+
+async def test_the_lock_write_returns_the_nodes_new_resource_version(kube: Kube) -> None:
+    before = rv(kube.add_node("n1", gpus("n1")))
+    locks = NodeLocks(kube.core, ttl_seconds=300, poll_initial=0.01)
+    try:
+        assert await locks.acquire("n1", NS, "p", wait_seconds=5)
+        written = locks.written_versions["n1"]
+        assert written == rv(kube.node("n1")) and written != before
+    finally:
+        await locks.close()
+
+
+@pytest.mark.parametrize(
+    ("applied", "lists"),
+    [
+        pytest.param("999999999", [], id="watch-past-the-lock-write"),
+        pytest.param("1", ["node-a"], id="watch-behind-the-lock-write"),
+        pytest.param("", ["node-a"], id="watch-not-running"),
+    ],
+)
+async def test_bind_reads_the_nodes_pods_only_when_the_watch_has_not_passed_its_lock(
+    kube: Kube, extender: Extender, monkeypatch: pytest.MonkeyPatch, applied: str, lists: list[str]
+) -> None:
+    binder = extender.runtime.binder
+    assert binder is not None
+    listed = spy_node_reads(extender, monkeypatch)
+    monkeypatch.setattr(binder, "_pods_applied", lambda: applied)
+    pod = kube.add_pod("p1", 2000, 20)
+    assert await extender.bind(pod, "node-a") == ""
+    assert listed == lists
+    bound = kube.pod("p1")
+    assert bound["spec"]["nodeName"] == "node-a"
+    await poll_until(lambda: used_memory(extender, "node-a") == 2000, what="usage counted once")
+
+
+async def test_the_runtime_feeds_the_binder_the_pod_watchs_progress(kube: Kube, extender: Extender) -> None:
+    binder = extender.runtime.binder
+    assert binder is not None
+    applied = binder._pods_applied
+    assert applied is not None
+    created = kube.add_pod("seen")
+    await poll_until(lambda: int(applied() or 0) >= int(rv(created)), what="pod watch past the new pod")

@@ -7,7 +7,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from services.common.model import ContainerDevice, DeviceUsage, MigPlacement
-from services.scheduler.bind import already_bound, bind_annotations, encode_mig_allocations, revert_patch
+from services.scheduler.bind_writes import (
+    already_bound,
+    bind_annotations,
+    encode_mig_allocations,
+    revert_patch,
+)
 from services.scheduler.decoders import pod_context
 from services.scheduler.filtering import EventText, evaluate, failure_events, success_event
 from services.scheduler.fit import MigAssignment, NodeFit, NodeSnapshot, SchedulingPolicy

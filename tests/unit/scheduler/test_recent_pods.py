@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from services.scheduler.bind import RecentPods
+from services.scheduler.bind_writes import RecentPods
 
 
 def pod(

@@ -13,8 +13,9 @@ import pytest
 
 from services.common.codecs import encode_node_devices
 from services.common.model import ContainerDevice, DeviceInfo
-from services.scheduler.cache import Reservation, UsageCache, build_snapshot
+from services.scheduler.cache import UsageCache
 from services.scheduler.decoders import init_containers_done, pod_usage_from_object
+from services.scheduler.snapshots import Reservation, build_snapshot
 
 NOW = datetime(2026, 8, 21, 10, 0, 0, tzinfo=UTC)
 GPU_A = "GPU-aaaa"

@@ -11,10 +11,11 @@ import pytest
 
 from services.common.codecs import encode_node_devices
 from services.common.model import ContainerDevice, DeviceInfo
-from services.scheduler.cache import Reservation, UsageCache
+from services.scheduler.cache import UsageCache
 from services.scheduler.decoders import pod_context
 from services.scheduler.filtering import evaluate, evaluation_key
 from services.scheduler.fit import SchedulingPolicy
+from services.scheduler.snapshots import Reservation
 from services.scheduler.verdicts import VerdictTables
 
 NOW = datetime(2026, 8, 21, 10, 0, 0, tzinfo=UTC)
