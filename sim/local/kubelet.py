@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import re
@@ -365,11 +366,34 @@ class KubeletStandIn:
     async def _allocate_container(
         self, container: Mapping[str, Any], resource: str, count: int, own: set[str]
     ) -> tuple[list[str], api_pb2.ContainerAllocateResponse, PluginEndpoint]:
-        await self._wait_for(
-            lambda: resource in self.plugins and self.plugins[resource].synced.is_set(),
-            f"no device plugin registered for {resource}",
-        )
-        plugin = self.plugins[resource]
+        for attempt in (1, 2):
+            await self._wait_for(
+                lambda: resource in self.plugins and self.plugins[resource].synced.is_set(),
+                f"no device plugin registered for {resource}",
+            )
+            plugin = self.plugins[resource]
+            try:
+                return await self._allocate_on(plugin, container, resource, count, own)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == 2:
+                    raise
+                # The plugin died after it was last seen (a restart): its stream's end has not been handled
+                # yet. As for a pod admitted while no plugin is registered, wait for it to register again
+                # rather than fail the pod on a connection that is already gone.
+                log.warning("plugin_unreachable_waiting", resource=resource, error=exc.details())
+                await self._wait_for(
+                    functools.partial(self._plugin_gone, resource, plugin),
+                    f"device plugin for {resource} unreachable but still registered",
+                )
+        raise AssertionError("unreachable")
+
+    def _plugin_gone(self, resource: str, plugin: PluginEndpoint) -> bool:
+        """`plugin`'s stream end has been handled, or another plugin registered for `resource` since."""
+        return self.plugins.get(resource) is not plugin or not plugin.synced.is_set()
+
+    async def _allocate_on(
+        self, plugin: PluginEndpoint, container: Mapping[str, Any], resource: str, count: int, own: set[str]
+    ) -> tuple[list[str], api_pb2.ContainerAllocateResponse, PluginEndpoint]:
         available = self._free_devices(plugin, own)
         if len(available) < count:
             # The kubelet does not queue: a pod that does not fit is rejected at once.

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -261,6 +262,53 @@ async def test_bad_allocation_rejects_the_pod_like_the_kubelet(env: Env) -> None
     assert [(e["reason"], e["type"]) for e in events] == [(REJECTED_REASON, "Warning")]
     assert "Allocate failed due to rpc error: code = INVALID_ARGUMENT" in events[0]["message"]
     assert not (env.dir / "allocations" / "default_broken.json").exists()
+
+
+class DeadOnceStub:
+    """The plugin's stub, but the first Allocate finds the connection gone, as when the plugin was killed
+    after the kubelet last heard from it: the stream's end is then handled (not synced) and the plugin comes
+    back a moment later."""
+
+    def __init__(self, kubelet: KubeletStandIn, plugin: Any) -> None:
+        self.kubelet, self.plugin, self.real = kubelet, plugin, plugin.stub
+        self.allocates = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    async def _come_back(self) -> None:
+        await asyncio.sleep(0.3)
+        self.plugin.synced.set()
+        await self.kubelet._notify()
+
+    async def Allocate(self, request: Any, timeout: float | None = None) -> Any:
+        self.allocates += 1
+        if self.allocates == 1:
+            self.plugin.synced.clear()
+            self.task = asyncio.create_task(self._come_back())
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.UNAVAILABLE,
+                grpc.aio.Metadata(),
+                grpc.aio.Metadata(),
+                details="connection refused",
+            )
+        return await self.real.Allocate(request, timeout=timeout)
+
+
+async def test_a_plugin_killed_under_an_admission_is_waited_for_not_failed(env: Env) -> None:
+    plugin = env.kubelet.plugins[wire.RESOURCE_GPU]
+    stub = DeadOnceStub(env.kubelet, plugin)
+    plugin.stub = stub
+    env.schedule(
+        "during-restart",
+        f"{GPU1},NVIDIA,500,5:;",
+        {"containers": [{"name": "c", "image": "x", "resources": GPU_LIMIT}]},
+    )
+    pod = await eventually(
+        lambda: (p := env.pod("during-restart"))["status"].get("phase") in ("Running", "Failed") and p
+    )
+    assert pod["status"]["phase"] == "Running", pod["status"]
+    assert stub.allocates == 2  # refused on the dead connection, then allocated once the plugin was back
 
 
 async def test_kubelet_restart_makes_the_plugin_register_again(env: Env) -> None:
