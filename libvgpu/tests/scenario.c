@@ -19,16 +19,7 @@
 #include "../src/driver_api.h"
 #include "fake_driver/fake_gpu.h"
 
-#define MiB (1024ull * 1024ull)
-#define CHECK(cond, ...)                                                                                     \
-    do {                                                                                                     \
-        if (!(cond)) {                                                                                       \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                                             \
-            fprintf(stderr, __VA_ARGS__);                                                                    \
-            fprintf(stderr, "\n");                                                                           \
-            exit(1);                                                                                         \
-        }                                                                                                    \
-    } while (0)
+#include "scenario.h"
 #define OK(call) CHECK((call) == CUDA_SUCCESS, "%s failed", #call)
 
 static CUcontext use_device(int dev) {

@@ -28,16 +28,7 @@
 #include "fake_driver/fake_gpu.h"
 #include "fake_driver/fk.h"
 
-#define MiB (1024ull * 1024ull)
-#define CHECK(cond, ...)                                                                                     \
-    do {                                                                                                     \
-        if (!(cond)) {                                                                                       \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                                             \
-            fprintf(stderr, __VA_ARGS__);                                                                    \
-            fprintf(stderr, "\n");                                                                           \
-            exit(1);                                                                                         \
-        }                                                                                                    \
-    } while (0)
+#include "scenario.h"
 #define OK(call)                                                                                             \
     do {                                                                                                     \
         CUresult rc_ = (call);                                                                               \

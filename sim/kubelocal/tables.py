@@ -20,6 +20,7 @@ from typing import Final
 from aiohttp import web
 
 from sim.kubelocal import errors
+from sim.kubelocal.accept import media_ranges
 from sim.kubelocal.apidocs_capture import COLUMNS_FILE, read_document
 from sim.kubelocal.resources import Obj, ResourceType
 from sim.kubelocal.tables_cells import PRINTERS, pod_row_conditions
@@ -43,31 +44,10 @@ def column_definitions(rt: ResourceType) -> list[Obj] | None:
     return _columns().get(rt.key)
 
 
-def _media_ranges(accept: str) -> list[tuple[str, dict[str, str]]]:
-    """An Accept header's media ranges with their parameters, most preferred first (q, then order)."""
-    ranked: list[tuple[float, int, str, dict[str, str]]] = []
-    for index, clause in enumerate(accept.split(",")):
-        media, *raw_params = (part.strip() for part in clause.split(";"))
-        if not media:
-            continue
-        params = {}
-        for raw in raw_params:
-            key, _, value = raw.partition("=")
-            params[key.strip().lower()] = value.strip().strip('"')
-        try:
-            quality = float(params.pop("q", "1"))
-        except ValueError:
-            quality = 1.0
-        if quality > 0:
-            ranked.append((-quality, index, media.lower(), params))
-    ranked.sort(key=lambda entry: entry[:2])
-    return [(media, params) for _, _, media, params in ranked]
-
-
 def table_version(accept: str) -> str | None:
     """The ``meta.k8s.io`` Table version the Accept header asks for before any plain JSON (``v1`` or
     ``v1beta1``); None when the client prefers the object itself."""
-    for media, params in _media_ranges(accept):
+    for media, params in media_ranges(accept):
         if media not in _JSON_RANGES:
             continue
         wanted = params.get("as")

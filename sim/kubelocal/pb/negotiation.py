@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from sim.kubelocal import errors
+from sim.kubelocal.accept import media_ranges
 from sim.kubelocal.pb.codec import (
     PROTOBUF,
     PROTOBUF_WATCH,
@@ -36,31 +37,10 @@ def is_protobuf(content_type: str) -> bool:
     return content_type.split(";", 1)[0].strip().lower() == PROTOBUF
 
 
-def _clauses(accept: str) -> list[tuple[str, dict[str, str]]]:
-    """The media ranges of an Accept header, most preferred first (by q, then as listed)."""
-    ranked: list[tuple[float, int, str, dict[str, str]]] = []
-    for index, clause in enumerate(accept.split(",")):
-        media, *raw_params = [part.strip() for part in clause.split(";")]
-        if not media:
-            continue
-        params: dict[str, str] = {}
-        for raw in raw_params:
-            key, _, value = raw.partition("=")
-            params[key.strip().lower()] = value.strip().strip('"')
-        try:
-            quality = float(params.pop("q", "1"))
-        except ValueError:
-            quality = 1.0
-        if quality > 0:
-            ranked.append((-quality, index, media.lower(), params))
-    ranked.sort(key=lambda entry: (entry[0], entry[1]))
-    return [(media, params) for _, _, media, params in ranked]
-
-
 def prefers_protobuf(request: web.BaseRequest) -> bool:
     """Whether the first media range kube-local can answer in is plain protobuf (``as=`` conversions such
     as Table are JSON in kube-local, so a protobuf range asking for one is passed over)."""
-    for media, params in _clauses(request.headers.get("Accept", "")):
+    for media, params in media_ranges(request.headers.get("Accept", "")):
         if media == PROTOBUF:
             if "as" in params:
                 continue
