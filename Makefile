@@ -47,7 +47,7 @@ lint: $(STAMP)
 	cd $(CURDIR) && PATH=$(CURDIR)/$(BIN):$$PATH buf lint
 
 pytest: build controlplane
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --durations=15 $(PYTEST_ARGS)
 
 test: build lint pytest
 
