@@ -77,3 +77,15 @@ def test_only_running_or_unschedulable_pending_pods_are_settled() -> None:
     failed = _pod("f", 1, 1, phase="Failed")
     found = unsettled_pods([_pod("ok", 1, 1), unschedulable, retrying, bound_pending, failed])
     assert [v.split(":")[0] for v in found] == ["pod chaos/r", "pod chaos/b", "pod chaos/f"]
+
+
+def test_across_an_api_server_outage_a_pod_whose_explanation_was_lost_is_settled() -> None:
+    lost_explanation = _pod("l", 1, 1, phase="Pending", node=None)
+    retrying = _pod("r", 1, 1, phase="Pending", node=None)
+    retrying["status"]["conditions"] = [
+        {"type": "PodScheduled", "status": "False", "reason": "SchedulerError"}
+    ]
+    bound_pending = _pod("b", 1, 1, phase="Pending")
+    assert [v.split(":")[0] for v in unsettled_pods([lost_explanation])] == ["pod chaos/l"]
+    found = unsettled_pods([lost_explanation, retrying, bound_pending], explanation_may_be_lost=True)
+    assert [v.split(":")[0] for v in found] == ["pod chaos/r", "pod chaos/b"]

@@ -164,7 +164,7 @@ class Scenario:
                     f"list at {list_rv}, a 201 was at {highest}"
                 )
             self.chaos.observer.saw_resource_version(list_rv, "pod list after the restart")
-        self._settle(outcome)
+        self._settle(outcome, explanation_may_be_lost=True)
         return outcome
 
     def _recover(
@@ -177,10 +177,13 @@ class Scenario:
         else:
             outcome.recovery_s = time.monotonic() - killed_at
 
-    def _settle(self, outcome: FaultOutcome) -> None:
-        wait_for(lambda: not unsettled_pods(self.pods()), SETTLE_TIMEOUT, period=0.5)
+    def _settle(self, outcome: FaultOutcome, *, explanation_may_be_lost: bool = False) -> None:
+        def unsettled(pods: list[dict[str, Any]]) -> list[str]:
+            return unsettled_pods(pods, explanation_may_be_lost=explanation_may_be_lost)
+
+        wait_for(lambda: not unsettled(self.pods()), SETTLE_TIMEOUT, period=0.5)
         pods = self.pods()
-        outcome.violations.extend(unsettled_pods(pods))
+        outcome.violations.extend(unsettled(pods))
         outcome.running = sum(1 for p in pods if (p.get("status") or {}).get("phase") == "Running")
         outcome.pending = sum(1 for p in pods if not (p.get("spec") or {}).get("nodeName"))
         outcome.other = len(pods) - outcome.running - outcome.pending
