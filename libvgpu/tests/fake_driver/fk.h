@@ -229,6 +229,12 @@ struct fk_ctx {
     uint64_t footprint;
 };
 struct fk_ctx *fk_cur_ctx(void);
+
+/* The current context as `c`, or the driver's answer when the thread has none. */
+#define NEED_CTX(c)                                                                                          \
+    struct fk_ctx *c = fk_cur_ctx();                                                                         \
+    if (c == NULL) return CUDA_ERROR_INVALID_CONTEXT
+
 void fk_ctx_reset_after_fork(void);
 
 /* fk_memory.c */

@@ -9,10 +9,6 @@
 #include "fk.h"
 
 
-#define NEED_CTX(c)                                                                                          \
-    struct fk_ctx *c = fk_cur_ctx();                                                                         \
-    if (c == NULL) return CUDA_ERROR_INVALID_CONTEXT
-
 struct fk_event_h {
     int idx;
     int dev;
@@ -98,12 +94,17 @@ EXPORT CUresult cuEventRecordWithFlags_ptsz(CUevent e, CUstream s, unsigned int 
 
 static int captured(const struct fk_event_h *ev) { return ev->cap != NULL; }
 
+/* What a query or a wait on `ev` must pass first: a handle, not recorded in a capture, not unsafe now. */
+static CUresult event_wait_allowed(const struct fk_event_h *ev) {
+    if (ev == NULL) return CUDA_ERROR_INVALID_HANDLE;
+    if (captured(ev)) return CUDA_ERROR_CAPTURED_EVENT;
+    return fk_check_unsafe(NULL);
+}
+
 EXPORT CUresult cuEventQuery(CUevent e) {
     fk_count_call();
     struct fk_event_h *ev = (struct fk_event_h *)e;
-    if (ev == NULL) return CUDA_ERROR_INVALID_HANDLE;
-    if (captured(ev)) return CUDA_ERROR_CAPTURED_EVENT;
-    CUresult r = fk_check_unsafe(NULL);
+    CUresult r = event_wait_allowed(ev);
     if (r != CUDA_SUCCESS) return r;
     fk_lock();
     fk_advance_locked(ev->dev);
@@ -116,9 +117,7 @@ EXPORT CUresult cuEventQuery(CUevent e) {
 EXPORT CUresult cuEventSynchronize(CUevent e) {
     fk_count_call();
     struct fk_event_h *ev = (struct fk_event_h *)e;
-    if (ev == NULL) return CUDA_ERROR_INVALID_HANDLE;
-    if (captured(ev)) return CUDA_ERROR_CAPTURED_EVENT;
-    CUresult r = fk_check_unsafe(NULL);
+    CUresult r = event_wait_allowed(ev);
     if (r != CUDA_SUCCESS) return r;
     if (ev->rec_stream >= 0) {
         int idx = ev->rec_stream;

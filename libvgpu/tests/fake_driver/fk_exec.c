@@ -144,10 +144,6 @@ static int snapshot(struct fk_stream *st, int all, int *idx, uint64_t *upto) {
     return n;
 }
 
-#define NEED_CTX(c)                                                                                          \
-    struct fk_ctx *c = fk_cur_ctx();                                                                         \
-    if (c == NULL) return CUDA_ERROR_INVALID_CONTEXT
-
 /* ------------------------------------------------------------------ streams */
 
 static CUresult stream_create(CUstream *s, unsigned int flags) {
@@ -177,12 +173,18 @@ EXPORT CUresult cuStreamDestroy_v2(CUstream s) {
     return CUDA_SUCCESS;
 }
 
-static CUresult stream_sync(CUstream s, int ptsz) {
+/* The stream a sync or a query waits on, once the call is allowed (a context, a stream, not unsafe now). */
+static CUresult waitable_stream(CUstream s, int ptsz, struct fk_stream **out) {
     NEED_CTX(c);
     CUresult err;
-    struct fk_stream *st = fk_resolve_stream(s, ptsz, c->dev, &err);
-    if (st == NULL) return err;
-    CUresult r = fk_check_unsafe(st);
+    *out = fk_resolve_stream(s, ptsz, c->dev, &err);
+    if (*out == NULL) return err;
+    return fk_check_unsafe(*out);
+}
+
+static CUresult stream_sync(CUstream s, int ptsz) {
+    struct fk_stream *st;
+    CUresult r = waitable_stream(s, ptsz, &st);
     if (r != CUDA_SUCCESS) return r;
     int idx[FK_MAX_STREAMS];
     uint64_t upto[FK_MAX_STREAMS];
@@ -196,11 +198,8 @@ EXPORT CUresult cuStreamSynchronize(CUstream s) { fk_count_call(); return stream
 EXPORT CUresult cuStreamSynchronize_ptsz(CUstream s) { fk_count_call(); return stream_sync(s, 1); }
 
 static CUresult stream_query(CUstream s, int ptsz) {
-    NEED_CTX(c);
-    CUresult err;
-    struct fk_stream *st = fk_resolve_stream(s, ptsz, c->dev, &err);
-    if (st == NULL) return err;
-    CUresult r = fk_check_unsafe(st);
+    struct fk_stream *st;
+    CUresult r = waitable_stream(s, ptsz, &st);
     if (r != CUDA_SUCCESS) return r;
     int idx[FK_MAX_STREAMS];
     uint64_t upto[FK_MAX_STREAMS];

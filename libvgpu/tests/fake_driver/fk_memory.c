@@ -52,10 +52,6 @@ static uint64_t next_handle = 0x1000;
         pthread_mutex_unlock(&fk_local_mu);                                                                  \
     } while (0)
 
-#define NEED_CTX(c)                                                                                          \
-    struct fk_ctx *c = fk_cur_ctx();                                                                         \
-    if (c == NULL) return CUDA_ERROR_INVALID_CONTEXT
-
 static void pools_init_locked(void) {
     for (int d = 0; d < FK_MAX_DEV; d++) {
         if (pools_of[d].current != NULL) continue;
