@@ -68,6 +68,7 @@ from scheduler_common import (  # bench/, the script's folder
     running_placement,
     server_means,
     server_times,
+    thread_cpu_seconds,
     vgpu_pod,
 )
 
@@ -192,6 +193,7 @@ class Client:
         self.server = ""  # the scheduler's own mean time per verb (its duration histograms)
         self.cpu: dict[str, float] = {}  # CPU seconds per process during this phase
         self.scrape = 0.0
+        self.threads = (0.0, 0.0)  # the scheduler's CPU seconds: event-loop thread, every other thread
 
     async def _post(self, verb: str, body: Any) -> tuple[Any, float]:
         """The answer and the milliseconds from sending the request to having read the answer; this client's
@@ -287,6 +289,7 @@ async def drive(
                 slots.release()
 
         cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        threads_before = thread_cpu_seconds(pids["scheduler"])
         started = time.perf_counter()
         for pod in to_bind:
             node = await load.cycle(pod, busy)
@@ -301,6 +304,9 @@ async def drive(
             await asyncio.wait(set(tasks))
         elapsed = time.perf_counter() - started
         load.cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
+        threads = thread_cpu_seconds(pids["scheduler"])
+        main_thread = threads.get(pids["scheduler"], 0.0) - threads_before.get(pids["scheduler"], 0.0)
+        load.threads = (main_thread, load.cpu["scheduler"] - main_thread)
         load_times, _ = await server_times(session, metrics)
         load.server = server_means(idle_times, load_times)
     return idle_all, idle, load, bound, elapsed
@@ -418,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
                     "--rate",
                     "200",
                     "--gil",
+                    "--nonblocking",
                     "--output",
                     str(Path(args.profile).resolve()),
                 ],
@@ -481,6 +488,11 @@ def main(argv: list[str] | None = None) -> int:
             + ", ".join(f"{k} {v:.2f} ms" for k, v in per_pod.items())
             + f" (on {os.cpu_count()} cores); the scheduler alone on one core: "
             f"{1000 / per_pod['scheduler']:.0f} pods/s"
+        )
+        loop_ms, other_ms = (seconds / bound * 1000 for seconds in load.threads)
+        print(
+            f"  the scheduler's split: event-loop thread {loop_ms:.2f} ms, other threads (watches, event "
+            f"posting) {other_ms:.2f} ms"
         )
     print(f"/metrics scrape: {idle.scrape * 1000:.0f} ms")
     print(

@@ -8,12 +8,12 @@ and the bind-time re-fit all count a pod with these two, so they agree with each
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from services.common.model import CollapsedDevice, ContainerDevice, DeviceUsage
 
-__all__ = ["apply_allocation", "collapse_allocation"]
+__all__ = ["apply_allocation", "apply_collapsed", "collapse_allocation"]
 
 
 @dataclass(slots=True)
@@ -81,9 +81,14 @@ def apply_allocation(
 ) -> list[str]:
     """Add a pod's collapsed usage to a node's cards in place: `Used += max(slots, 1)`, `Usedmem += mem`,
     `Usedcores += cores` per GPU. Returns the UUIDs the node does not have (ignored), in UUID order."""
+    return apply_collapsed(devices, collapse_allocation(allocation, init_count, sidecar_slots))
+
+
+def apply_collapsed(devices: list[DeviceUsage], collapsed: Iterable[CollapsedDevice]) -> list[str]:
+    """`apply_allocation` for a use already collapsed (`collapse_allocation`)."""
     by_id = {d.id: d for d in devices}
     unknown: list[str] = []
-    for use in collapse_allocation(allocation, init_count, sidecar_slots):
+    for use in collapsed:
         device = by_id.get(use.uuid)
         if device is None:
             unknown.append(use.uuid)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -142,6 +142,12 @@ class PodUsage:
     bind_phase: str = ""
     scheduled_unix: int = 0
     mig: tuple[tuple[str, MigPlacement], ...] = ()
+    # `collapsed()`, computed once per decoded pod version: every snapshot of the node adds it again.
+    collapsed_usage: tuple[CollapsedDevice, ...] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        usage = collapse_allocation(self.effective_allocation(), self.init_count, self.sidecar_slots)
+        object.__setattr__(self, "collapsed_usage", tuple(usage))
 
     @property
     def key(self) -> str:
@@ -158,7 +164,7 @@ class PodUsage:
 
     def collapsed(self) -> list[CollapsedDevice]:
         """Per-GPU usage (HAMi `CollapseInitContainerUsage`, sidecar-aware), sorted by UUID."""
-        return collapse_allocation(self.effective_allocation(), self.init_count, self.sidecar_slots)
+        return list(self.collapsed_usage)
 
 
 def _init_containers(spec: Mapping[str, Any]) -> list[Mapping[str, Any]]:

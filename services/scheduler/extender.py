@@ -26,12 +26,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable
 from typing import Any, Final
 
 import orjson
 from aiohttp import web
 
+from services.common import wire
 from services.common.log import get_logger
 from services.common.resources import NvidiaRequestConfig
 from services.scheduler.bind import Binder
@@ -44,7 +45,6 @@ from services.scheduler.extender_api import (
     bind_result,
     decode_bind_args,
     decode_extender_args,
-    encode_priority_list,
     filter_result,
     node_name,
     priority_list,
@@ -59,13 +59,12 @@ from services.scheduler.filtering import (
     success_event,
 )
 from services.scheduler.fit import (
-    NodeFit,
     NodeSnapshot,
     PodAnnotationError,
     SchedulingPolicy,
-    priority_scores,
 )
 from services.scheduler.metrics import SchedulerMetrics
+from services.scheduler.ranking import LikelyPicks, priority_template, rank_aligned
 from services.scheduler.verdicts import VerdictTables
 
 __all__ = ["MAX_BODY_BYTES", "Extender"]
@@ -87,9 +86,10 @@ _PICK_SECONDS: Final = 2.0
 _PICKS_LIMIT: Final = 1024
 
 
-# What prioritize ranks: the candidates' verdicts, the node policy, and where (dict, key) the plain policy
-# scores of exactly these verdicts may be kept for a later call ("" key: nowhere).
-_Ranking = tuple[Sequence[NodeFit], str, dict[str, Any], str]
+# What prioritize ranks, aligned with the names it was asked about: each candidate's node score, whether it
+# fits (None: all do), whether the policy is spread, and where (dict, key prefix) what depends only on these
+# candidates (plain scores, answer template, name index) may be kept for a later call ("" prefix: nowhere).
+_Ranking = tuple[list[float], list[bool] | None, bool, dict[str, Any], str]
 
 
 def _json(data: Any) -> web.Response:
@@ -100,6 +100,11 @@ def _json(data: Any) -> web.Response:
     elif not isinstance(data, bytes):
         data = orjson.dumps(data)
     return web.Response(body=data, content_type="application/json", charset="utf-8")
+
+
+def _spread(policy: SchedulingPolicy) -> bool:
+    """Whether the node policy prefers the emptiest node (as `fit.priority_scores` reads it)."""
+    return policy.node_policy.strip() == wire.POLICY_SPREAD
 
 
 def _pod_ref(ctx: PodContext) -> dict[str, str]:
@@ -142,7 +147,7 @@ class Extender:
         self._last_filter: tuple[str, Hashable, FilterOutcome, float] | None = None
         self._evaluated_shape: Hashable | None = None  # the evaluation key `_evaluate` last used
         self._verdicts = VerdictTables(cache)
-        self._picks: dict[str, tuple[str, float]] = {}  # pod uid -> (its likely node, when ranked)
+        self._picks = LikelyPicks(_PICK_SECONDS, _PICKS_LIMIT)
         self._last_context: tuple[tuple[str, str], PodContext] | None = None  # ((uid, rv), its context)
 
     def app(self) -> web.Application:
@@ -233,23 +238,45 @@ class Extender:
         if uid != ctx.uid or time.monotonic() - when > _PRIORITIZE_REUSE_SECONDS:
             return None
         names = args.candidate_names
+        spread = _spread(outcome.policy)
         ranking: _Ranking
-        if names == outcome.derived.get("fitting_names"):
+        derived = outcome.derived
+        if names == derived.get("fitting_names"):
             # The usual cycle: kube-scheduler asks about exactly the nodes the filter passed.
-            ranking = (outcome.fitting, outcome.policy.node_policy, outcome.derived, "fitting_scores")
+            values = derived.get("fitting_values")
+            if values is None:
+                values = derived["fitting_values"] = [f.score for f in outcome.fitting]
+            ranking = (values, None, spread, derived, "fitting")
         else:
             fitting = {f.node: f for f in outcome.fitting}
             verdicts = [fitting.get(name) for name in names]
             if not verdicts or any(v is None for v in verdicts):
                 return None
-            fits = [v for v in verdicts if v is not None]
-            ranking = (fits, outcome.policy.node_policy, {}, "")
+            ranking = ([v.score for v in verdicts if v is not None], None, spread, {}, "")
         try:
             if evaluation_key(ctx, self._policy, self._cache.quota_view(exclude_uid=ctx.uid)) != shape:
                 return None
         except PodAnnotationError:
             return None
         return ranking
+
+    @staticmethod
+    def _evaluated_ranking(outcome: FilterOutcome, names: list[str], *, memoise: bool) -> _Ranking:
+        """What prioritize ranks from an evaluation of exactly `names` (its verdicts are in candidate order,
+        repeats of a name left out). Kept on the outcome (reused only for the same names) when `memoise`."""
+        verdicts = outcome.verdicts
+        if len(verdicts) != len(names):  # a repeated candidate: each occurrence takes its name's verdict
+            by_name = {v.node: v for v in verdicts}
+            verdicts = tuple(by_name[name] for name in names)
+        derived = outcome.derived if memoise else {}
+        values = derived.get("all_values")
+        fits = derived.get("all_fits")
+        if values is None or fits is None:
+            values = [v.score for v in verdicts]
+            fits = [v.fits for v in verdicts]
+            if memoise:
+                derived["all_values"], derived["all_fits"] = values, fits
+        return (values, fits, _spread(outcome.policy), derived, "all" if memoise else "")
 
     def _busy_nodes(self, uid: str) -> set[str]:
         """Nodes where a bind is under way or about to start: a bind request of this process (lock wait
@@ -259,44 +286,38 @@ class Extender:
         busy = self._cache.busy_nodes()
         if self._binder is not None:
             busy.update(self._binder.pending)
-        picks = self._picks
-        if picks:
-            now = time.monotonic()
-            for other, (node, when) in list(picks.items()):
-                if now - when > _PICK_SECONDS:
-                    del picks[other]
-                elif other != uid:
-                    busy.add(node)
+        if len(self._picks):
+            busy.update(self._picks.others(uid, time.monotonic()))
         return busy
 
-    def _rank(self, uid: str, ranking: _Ranking, names: list[str]) -> dict[str, int]:
-        """The prioritize scores: the node policy's 0..10 over the candidates, except that candidates with a
-        bind under way (`_busy_nodes`) rank last (0) and the policy's range spans the others, so consecutive
-        pods of a burst spread over equally good nodes instead of queueing on one node's lock; the policy's
-        order alone when every fitting candidate is busy or none is. Remembers this pod's unique top node as
-        its likely pick until its bind arrives."""
-        fits, node_policy, memo, memo_key = ranking
-        busy = self._busy_nodes(uid)
-        hit = [f.node for f in fits if f.fits and f.node in busy] if busy else []
-        if hit and len(hit) < sum(1 for f in fits if f.fits):
-            scores = priority_scores([f for f in fits if f.node not in busy], node_policy)
-            for node in hit:
-                scores[node] = 0
-        else:
-            known: dict[str, int] | None = memo.get(memo_key) if memo_key else None
-            scores = known if known is not None else priority_scores(fits, node_policy)
-            if memo_key:
-                memo[memo_key] = scores
+    def _rank(self, uid: str, ranking: _Ranking, names: list[str]) -> str:
+        """The prioritize answer body: the node policy's 0..10 over the candidates, except that candidates
+        with a bind under way (`_busy_nodes`) rank last (0) and the policy's range spans the others, so
+        consecutive pods of a burst spread over equally good nodes instead of queueing on one node's lock;
+        the policy's order alone when every fitting candidate is busy or none is. Remembers this pod's unique
+        top node as its likely pick until its bind arrives."""
+        values, fits, spread, memo, prefix = ranking
+        index: dict[str, int] | None = memo.get(prefix + "_index") if prefix else None
+        if index is None:
+            index = dict(zip(names, range(len(names)), strict=True))
+            if prefix:
+                memo[prefix + "_index"] = index
+        busy = [index[node] for node in self._busy_nodes(uid) if node in index]
+        kept: list[int] | None = memo.get(prefix + "_plain") if prefix else None
+        ranked, plain = rank_aligned(values, fits, busy, spread=spread, plain=kept)
+        template: str | None = memo.get(prefix + "_template") if prefix else None
+        if template is None:
+            template = priority_template(names)
+        if prefix:
+            if plain is not None:
+                memo[prefix + "_plain"] = plain
+            memo[prefix + "_template"] = template
         if uid:
-            top = max(scores.values(), default=0)
-            leaders = [name for name in names if scores.get(name) == top] if top > 0 else []
-            if len(leaders) == 1:
-                self._picks[uid] = (leaders[0], time.monotonic())
-                if len(self._picks) > _PICKS_LIMIT:
-                    del self._picks[next(iter(self._picks))]
+            if ranked.leader is not None:
+                self._picks.remember(uid, names[ranked.leader], time.monotonic())
             else:
-                self._picks.pop(uid, None)
-        return scores
+                self._picks.drop(uid)
+        return template % tuple(ranked.scores)
 
     # --- verbs ----------------------------------------------------------------------------------------------
 
@@ -382,10 +403,8 @@ class Extender:
                     outcome = self._evaluate(ctx, args)
                 except PodAnnotationError as exc:
                     return web.json_response({"Error": str(exc)}, status=400)
-                # The outcome (and so its scores) is reused only for the same names.
-                memo_key = "scores" if args.nodes is None else ""
-                ranking = (outcome.verdicts, outcome.policy.node_policy, outcome.derived, memo_key)
-            return _json(encode_priority_list(self._rank(ctx.uid, ranking, names), names))
+                ranking = self._evaluated_ranking(outcome, names, memoise=args.nodes is None)
+            return _json(self._rank(ctx.uid, ranking, names))
         except Exception as exc:
             log.exception("prioritize_failed")
             return web.json_response({"Error": f"internal error: {type(exc).__name__}: {exc}"}, status=500)
@@ -405,7 +424,7 @@ class Extender:
                 if self._binder is None:
                     error = self._not_ready_error
                 else:
-                    self._picks.pop(args.pod_uid, None)  # the binder's own bookkeeping takes over
+                    self._picks.drop(args.pod_uid)  # the binder's own bookkeeping takes over
                     error = await self._binder.bind(args)
         except Exception as exc:
             log.exception("bind_crashed")

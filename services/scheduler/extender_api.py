@@ -9,7 +9,6 @@ field names with every key present, as HAMi's Go-marshalled output has.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -183,30 +182,6 @@ def filter_result(
 def priority_list(scores: Mapping[str, int], order: Sequence[str]) -> list[Obj]:
     """`HostPriorityList`: one `{Host, Score}` per candidate, in the candidates' order."""
     return [{"Host": host, "Score": int(scores.get(host, 0))} for host in order]
-
-
-_HOST_FRAGMENTS: dict[str, tuple[str, ...]] = {}
-_HOST_FRAGMENTS_LIMIT = 100_000
-_FRAGMENT_SCORES = 11  # kube-scheduler's extender scores are 0..MaxExtenderPriority (10)
-
-
-def encode_priority_list(scores: Mapping[str, int], order: Sequence[str]) -> str:
-    """`priority_list(scores, order)` as JSON text, built from per-host fragments (`{"Host":"n","Score":7}`
-    kept per host for every score 0..10): the prioritize answer for hundreds of candidates is encoded on
-    every scheduling cycle, and building a dict per host for `json.dumps` costs several times this."""
-    fragments = _HOST_FRAGMENTS
-    if len(fragments) > _HOST_FRAGMENTS_LIMIT:
-        fragments.clear()
-    parts = []
-    get = scores.get
-    for host in order:
-        score = int(get(host, 0))
-        known = fragments.get(host)
-        if known is None:
-            prefix = '{"Host":' + json.dumps(host) + ',"Score":'
-            known = fragments[host] = tuple(f"{prefix}{value}}}" for value in range(_FRAGMENT_SCORES))
-        parts.append(known[score] if 0 <= score < _FRAGMENT_SCORES else f"{known[0][:-2]}{score}}}")
-    return "[" + ",".join(parts) + "]"
 
 
 def bind_result(error: str = "") -> Obj:

@@ -14,9 +14,9 @@ their verdict depends on the usage of the whole namespace.
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any, Final
 
 from services.common import wire
@@ -196,8 +196,9 @@ def success_event(outcome: FilterOutcome) -> EventText:
     fitting: Sequence[NodeFit] = outcome.fitting
     more = ""
     if len(fitting) > EVENT_NODES_LIMIT:
-        pick = heapq.nsmallest if _spread(outcome.policy) else heapq.nlargest  # both stable on ties
-        fitting, more = pick(EVENT_NODES_LIMIT, fitting, key=_score), ",..."
+        # What heapq.nsmallest / nlargest give (stable on ties), with the sort in C: hundreds of nodes fit.
+        ordered = sorted(fitting, key=_score, reverse=not _spread(outcome.policy))
+        fitting, more = ordered[:EVENT_NODES_LIMIT], ",..."
     scores = ",".join(f"{f.node}:{f.score:.2f}" for f in fitting) + more
     return EventText(
         NORMAL,
@@ -207,8 +208,7 @@ def success_event(outcome: FilterOutcome) -> EventText:
     )
 
 
-def _score(fit: NodeFit) -> float:
-    return fit.score
+_score = attrgetter("score")
 
 
 def _spread(policy: SchedulingPolicy) -> bool:

@@ -12,6 +12,7 @@ import json
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Final
 
 from services.common import wire
@@ -86,15 +87,41 @@ def device_score(
         else:
             memory += request.memreq
 
+    return _fullness(
+        weights.slot,
+        weights.core,
+        weights.memory,
+        slots + device.used,
+        device.count,
+        cores + device.usedcores,
+        device.totalcore,
+        memory + device.usedmem,
+        device.totalmem,
+    )
+
+
+@lru_cache(maxsize=1 << 16)
+def _fullness(
+    slot_weight: int,
+    core_weight: int,
+    memory_weight: int,
+    slots: int,
+    count: int,
+    cores: int,
+    totalcore: int,
+    memory: int,
+    totalmem: int,
+) -> float:
+    """`device_score`'s float32 arithmetic, kept per distinct input: a node re-fitted after one of its cards
+    changed scores the other cards again with the same numbers, and the float32 rounding steps cost far more
+    than a cache lookup."""
+
     def term(weight: int, amount: int, total: int) -> float:
         return _f32(_f32(_f32(weight) * _f32(amount)) / _f32(total))
 
     total = _f32(
-        _f32(
-            term(weights.slot, slots + device.used, device.count)
-            + term(weights.core, cores + device.usedcores, device.totalcore)
-        )
-        + term(weights.memory, memory + device.usedmem, device.totalmem)
+        _f32(term(slot_weight, slots, count) + term(core_weight, cores, totalcore))
+        + term(memory_weight, memory, totalmem)
     )
     return _f32(10 * total)
 

@@ -16,7 +16,7 @@ from typing import Any, Final
 from services.common import wire
 from services.common.log import get_logger
 from services.common.model import DeviceUsage, MigPlacement, PodSingleDevice
-from services.scheduler.allocation import apply_allocation
+from services.scheduler.allocation import apply_allocation, apply_collapsed
 from services.scheduler.decoders import NodeState, PodUsage, metadata_of, pod_usage_from_object
 from services.scheduler.fit import NodeFit, NodeSnapshot
 
@@ -113,9 +113,7 @@ def build_snapshot(state: NodeState, usages: Sequence[PodUsage]) -> CachedSnapsh
     devices = [DeviceUsage.from_device(d) for d in state.devices]
     mig: dict[str, list[MigPlacement]] = {}
     for usage in sorted(usages, key=lambda u: u.uid):
-        unknown = apply_allocation(
-            devices, usage.effective_allocation(), usage.init_count, usage.sidecar_slots
-        )
+        unknown = apply_collapsed(devices, usage.collapsed_usage)
         if unknown:
             log.debug("pod_devices_unknown_on_node", pod=usage.key, node=state.name, uuids=unknown)
         for uuid, placement in usage.mig:

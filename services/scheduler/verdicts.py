@@ -14,7 +14,8 @@ quota, a pod that already counts somewhere, Node objects sent by the caller) goe
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
-from typing import Final
+from operator import attrgetter
+from typing import Final, cast
 
 from services.common import wire
 from services.scheduler.cache import UsageCache
@@ -27,6 +28,7 @@ __all__ = ["VerdictTables"]
 
 # Pod shapes with a table (a cluster schedules few distinct shapes at a time; the least recent goes first).
 _TABLES_LIMIT: Final = 64
+_score = attrgetter("score")
 
 
 class _Table:
@@ -78,20 +80,18 @@ class VerdictTables:
         resolved = policy.resolve(pod.annotations)
         table = self._table(shape)
         known = table.verdicts
-        volatile = self._cache.volatile_nodes()
-        snapshot = self._cache.snapshot
         if len(set(candidates)) != len(candidates):
             candidates = list(dict.fromkeys(candidates))
-        verdicts: list[NodeFit] = []
-        fitting: list[NodeFit] = []
-        failed: dict[str, str] = {}
-        # `fit.choose_best` folded into the walk: the lowest node score under spread, the highest otherwise,
-        # the first such node on ties.
-        spread = resolved.node_policy.strip() == wire.POLICY_SPREAD
-        best: NodeFit | None = None
-        for name in candidates:
-            verdict = known.get(name)
-            if verdict is None:
+        # The walk over hundreds of candidates is done with C-level list operations: only the nodes without
+        # a verdict (changed since the last cycle, or never seen) take a Python step each.
+        found: list[NodeFit | None] = list(map(known.get, candidates))
+        if not all(found):
+            volatile = self._cache.volatile_nodes()
+            snapshot = self._cache.snapshot
+            for i, verdict in enumerate(found):
+                if verdict is not None:
+                    continue
+                name = candidates[i]
                 self.refits += 1
                 node = snapshot(name)
                 if node is None:
@@ -100,13 +100,16 @@ class VerdictTables:
                     verdict = fit_on(pod, node, resolved, quota)
                 if name not in volatile:
                     known[name] = verdict
-            verdicts.append(verdict)
-            if verdict.fits:
-                fitting.append(verdict)
-                if best is None or (verdict.score < best.score if spread else verdict.score > best.score):
-                    best = verdict
-            else:
-                failed[name] = verdict.reason
+                found[i] = verdict
+        verdicts = cast(list[NodeFit], found)
+        fitting = [v for v in verdicts if v.fits]
+        failed = {v.node: v.reason for v in verdicts if not v.fits} if len(fitting) < len(verdicts) else {}
+        # `fit.choose_best`: the lowest node score under spread, the highest otherwise, the first such node on
+        # ties (min and max keep the first of equal items).
+        best: NodeFit | None = None
+        if fitting:
+            spread = resolved.node_policy.strip() == wire.POLICY_SPREAD
+            best = (min if spread else max)(fitting, key=_score)
         return FilterOutcome(
             verdicts=tuple(verdicts), failed=failed, policy=resolved, best=best, fitting=tuple(fitting)
         )
