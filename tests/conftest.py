@@ -10,10 +10,28 @@ from services.common.config import KubeAccess
 from tests.support.apiservers import API_SERVERS, ApiServer, reset_real, start_real
 from tests.support.lanes import is_slow_path
 
+# The parameters that choose the server a test runs on (`api_server` below, `server_kind` in
+# tests/kubelocal/conftest.py, `control_plane` in the chaos and local-mode tests), and the value of each that
+# selects the upstream control plane.
+CONTROL_PLANE_PARAMS = ("api_server", "server_kind", "control_plane")
+REAL_CONTROL_PLANE = "real"
+
+
+def needs_real_control_plane(item: pytest.Item) -> bool:
+    """True for a test that runs on the upstream control plane (it starts etcd and kube-apiserver, and on a
+    fresh clone builds them first): a CONTROL_PLANE_PARAMS parameter is "real", or it asks for the
+    `real_api_server` fixture itself."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    if any(params.get(name) == REAL_CONTROL_PLANE for name in CONTROL_PLANE_PARAMS):
+        return True
+    return "real_api_server" in getattr(item, "fixturenames", ())
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow lane: tests below tests/support/lanes.py's SLOW_DIRS, and every test on the upstream
+    control plane, so `-m "not slow"` never starts (or builds) it."""
     for item in items:
-        if is_slow_path(item.path):
+        if is_slow_path(item.path) or needs_real_control_plane(item):
             item.add_marker(pytest.mark.slow)
 
 

@@ -20,7 +20,6 @@ import atexit
 import copy
 import json
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from sim.controlplane import rbac
 from sim.controlplane.kubeconfig import write_kubeconfig
 from sim.controlplane.pki import CertificateFiles, ClusterAuthority, write_service_account_keys
 from sim.controlplane.processes import ControlPlaneError, LaunchedProcess, launch, wait_healthy
+from sim.ports import free_port
 
 __all__ = ["BinariesUnavailable", "ControlPlaneError", "LaunchedProcess", "RealControlPlane"]
 
@@ -61,12 +61,6 @@ ADMIN_USER = "kube-vgpu-admin"
 
 class BinariesUnavailable(ControlPlaneError):
     """The upstream binaries cannot be built here (no Go toolchain); tests skip on this, nothing else."""
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def locate_binaries(bin_dir: Path | None) -> Path:
@@ -95,7 +89,7 @@ class RealControlPlane:
         self.run_dir = Path(run_dir)
         self.host = host
         self._bin_dir = bin_dir
-        self._port = _free_port(host)
+        self._port = free_port(host)
         self.url = f"https://{host}:{self._port}"
         self._pki_dir = self.run_dir / "pki"
         self._kubeconfig_dir = self.run_dir / "kubeconfigs"
@@ -107,6 +101,7 @@ class RealControlPlane:
         self._admin: CertificateFiles | None = None
         self._processes: list[LaunchedProcess] = []
         self.restarts: dict[str, int] = {}  # program name -> restarts by restart()
+        self._health_urls: dict[str, str] = {}  # program name -> the URL that says it is up again
         self._node_kubeconfigs: dict[str, Path] = {}
         self._started = False
 
@@ -156,9 +151,9 @@ class RealControlPlane:
 
     def restart(self, name: str) -> LaunchedProcess:
         """Launch program `name` again with its original command line (same ports, certificates and
-        etcd data dir), stopping it first if it still runs; returns once it is healthy again for the
-        apiserver (/readyz), at once for the others. The restarted program keeps its place in the stop
-        order."""
+        etcd data dir), stopping it first if it still runs; returns once it is healthy again at the URL
+        its start waited on (kube-apiserver /readyz, etcd /health, the others /healthz). The restarted
+        program keeps its place in the stop order."""
         index = next((i for i, process in enumerate(self._processes) if process.name == name), None)
         if index is None:
             raise ControlPlaneError(f"no control-plane program named {name!r}")
@@ -167,21 +162,23 @@ class RealControlPlane:
         process = launch(name, old.argv, self._log_dir)
         self._processes[index] = process
         self.restarts[name] = self.restarts.get(name, 0) + 1
-        if name == "kube-apiserver":
-            wait_healthy(process, f"{self.url}/readyz", self._tls(), timeout=HEALTH_TIMEOUT_SECONDS)
+        if name in self._health_urls:
+            wait_healthy(process, self._health_urls[name], self._tls(), timeout=HEALTH_TIMEOUT_SECONDS)
         return process
 
     def supervise(self) -> list[str]:
-        """Restart a dead kube-apiserver (it is stateless: etcd keeps every object, so a relaunch is the
-        whole recovery, as a static pod's restart in a cluster); any other dead program raises, as
-        check_alive does. Returns the names restarted on this call."""
+        """Restart a dead kube-apiserver, kube-controller-manager or kube-scheduler (replicas included):
+        they are stateless, etcd keeps every object and the Leases, so a relaunch on the same command line
+        is the whole recovery, as a static pod's restart in a cluster; a relaunch that does not become
+        healthy raises. A dead etcd (the data) raises, as check_alive does. Returns the names restarted on
+        this call."""
         if not self._processes:
             raise ControlPlaneError("the control plane is not running")
         restarted = []
         for process in list(self._processes):
             if process.alive():
                 continue
-            if process.name != "kube-apiserver":
+            if process.name == "etcd":
                 raise process.failure("died")
             self.restart(process.name)
             restarted.append(process.name)
@@ -253,7 +250,7 @@ class RealControlPlane:
         config_path = self.run_dir / f"{name}.yaml"
         config_path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
         serving = self._authority().issue_serving(name, [self.host, "localhost"])
-        port = _free_port(self.host)
+        port = free_port(self.host)
         # Without --authentication/--authorization-kubeconfig only the always-allowed paths (/healthz,
         # /readyz, /livez) answer on this port, which is all we probe; the ServiceAccount keeps exactly the
         # deploy's rights instead of gaining the extension-apiserver-authentication reader role.
@@ -268,9 +265,7 @@ class RealControlPlane:
                 f"--tls-private-key-file={serving.key}",
             ],
         )
-        wait_healthy(
-            process, f"https://{self.host}:{port}/healthz", self._tls(), timeout=HEALTH_TIMEOUT_SECONDS
-        )
+        self._wait_healthy(process, f"https://{self.host}:{port}/healthz")
 
     # ----- start-up steps
 
@@ -298,6 +293,11 @@ class RealControlPlane:
         self._processes.append(process)
         return process
 
+    def _wait_healthy(self, process: LaunchedProcess, url: str) -> None:
+        """Wait until `process` answers on `url`, and remember the URL for its restart."""
+        self._health_urls[process.name] = url
+        wait_healthy(process, url, self._tls(), timeout=HEALTH_TIMEOUT_SECONDS)
+
     def _tls(self) -> ssl.SSLContext:
         """Verifies servers against our CA and presents the admin client certificate."""
         context = ssl.create_default_context(cafile=str(self.ca_file))
@@ -306,7 +306,7 @@ class RealControlPlane:
         return context
 
     def _start_etcd(self, bin_dir: Path) -> None:
-        client, peer = _free_port(self.host), _free_port(self.host)
+        client, peer = free_port(self.host), free_port(self.host)
         self._etcd_url = f"http://{self.host}:{client}"
         peer_url = f"http://{self.host}:{peer}"
         process = self._launch(
@@ -326,7 +326,7 @@ class RealControlPlane:
                 "--log-level=warn",
             ],
         )
-        wait_healthy(process, f"{self._etcd_url}/health", self._tls(), timeout=HEALTH_TIMEOUT_SECONDS)
+        self._wait_healthy(process, f"{self._etcd_url}/health")
 
     def _start_apiserver(self, bin_dir: Path) -> None:
         pki = self._pki_dir
@@ -358,7 +358,7 @@ class RealControlPlane:
                 "--endpoint-reconciler-type=none",
             ],
         )
-        wait_healthy(process, f"{self.url}/readyz", self._tls(), timeout=HEALTH_TIMEOUT_SECONDS)
+        self._wait_healthy(process, f"{self.url}/readyz")
 
     def _start_controller_manager(self, bin_dir: Path) -> None:
         authority = self._authority()
@@ -371,7 +371,7 @@ class RealControlPlane:
             user="system:kube-controller-manager",
             client=client,
         )
-        port = _free_port(self.host)
+        port = free_port(self.host)
         process = self._launch(
             "kube-controller-manager",
             [
@@ -393,9 +393,7 @@ class RealControlPlane:
                 f"--cluster-signing-key-file={self._pki_dir / 'ca.key'}",
             ],
         )
-        wait_healthy(
-            process, f"https://{self.host}:{port}/healthz", self._tls(), timeout=HEALTH_TIMEOUT_SECONDS
-        )
+        self._wait_healthy(process, f"https://{self.host}:{port}/healthz")
         # The serviceaccount controller creates `default` in every namespace; the ServiceAccount admission
         # plugin rejects pods until it exists, so start() returns only once the controllers really run.
         deadline = time.monotonic() + HEALTH_TIMEOUT_SECONDS

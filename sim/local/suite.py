@@ -27,6 +27,7 @@ import yaml
 from services.common.certs import issue_serving_certificate
 from services.common.config import KubeAccess
 from services.common.log import get_logger
+from sim.ports import free_port as free_port  # re-exported: bench/ imports it from here
 
 log = get_logger("kube-vgpu-local")
 BIN = Path(sys.executable).parent
@@ -67,12 +68,6 @@ def port_is_free(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def console_script(name: str, module: str) -> list[str]:
@@ -505,8 +500,9 @@ class Suite:
                 )
 
     def supervise(self) -> list[str]:
-        """Restart dead children with backoff; of the upstream control plane only a dead kube-apiserver is
-        relaunched (etcd keeps the data), any other death there is an error. A restarted kube-local
+        """Restart dead children with backoff; of the upstream control plane a dead kube-apiserver,
+        kube-controller-manager or kube-scheduler is relaunched at once (etcd keeps the data), a dead etcd
+        is an error (RealControlPlane.supervise). A restarted kube-local
         without --state-dir has lost the webhook registration, which is written again here; the caller
         re-registers what else it owns (the nodes). Returns the names of the children (and control-plane
         programs) restarted on this call."""

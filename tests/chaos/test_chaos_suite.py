@@ -164,7 +164,10 @@ class Scenario:
                     f"list at {list_rv}, a 201 was at {highest}"
                 )
             self.chaos.observer.saw_resource_version(list_rv, "pod list after the restart")
-        self._settle(outcome, explanation_may_be_lost=True)
+        # Only the upstream kube-scheduler can lose a pod's PodScheduled=False write to the outage (it retries
+        # an unschedulable pod only on a cluster event or after minutes); on kube-local every pod stays
+        # explained, as after any other fault.
+        self._settle(outcome, explanation_may_be_lost=self.chaos.suite.control_plane == "real")
         return outcome
 
     def _recover(

@@ -282,8 +282,11 @@ def test_real_kube_scheduler_binds_a_pod(
     control_plane.check_alive()
 
 
-def test_check_alive_names_the_dead_process(control_plane: RealControlPlane, install_namespace: str) -> None:
-    """Runs last: a second scheduler replica (standing by for the Lease) is killed."""
+def test_check_alive_names_the_dead_process_and_supervise_relaunches_it(
+    control_plane: RealControlPlane, install_namespace: str
+) -> None:
+    """Runs last: a second scheduler replica (standing by for the Lease) is killed, then the
+    controller-manager; supervise relaunches each, healthy, on its own command line."""
     config_dict: dict[str, Any] = {
         "apiVersion": "kubescheduler.config.k8s.io/v1",
         "kind": "KubeSchedulerConfiguration",
@@ -303,3 +306,15 @@ def test_check_alive_names_the_dead_process(control_plane: RealControlPlane, ins
     assert not control_plane.alive()
     with pytest.raises(ControlPlaneError, match="kube-scheduler-2 died"):
         control_plane.check_alive()
+    assert control_plane.supervise() == ["kube-scheduler-2"]
+    relaunched = control_plane.processes[-1]
+    assert relaunched.name == "kube-scheduler-2" and relaunched.argv == replica.argv
+    assert relaunched.pid != replica.pid and control_plane.alive()
+
+    manager = next(p for p in control_plane.processes if p.name == "kube-controller-manager")
+    manager.popen.send_signal(signal.SIGKILL)
+    manager.popen.wait()
+    assert control_plane.supervise() == ["kube-controller-manager"]
+    control_plane.check_alive()
+    assert control_plane.restarts == {"kube-scheduler-2": 1, "kube-controller-manager": 1}
+    assert control_plane.supervise() == []

@@ -3,15 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Callable
 
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free on `host` a moment ago (the caller binds it soon after)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+from sim.ports import free_port as free_port  # the one copy, shared with local mode and the control plane
 
 
 async def poll_until(predicate: Callable[[], bool], what: str = "condition", timeout: float = 20.0) -> None:
