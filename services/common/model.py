@@ -150,6 +150,24 @@ class DeviceUsage:
             mig_profiles=device.mig_profiles,
         )
 
+    def copy(self) -> DeviceUsage:
+        """A copy to mutate (`dataclasses.replace` costs several times this; a fit copies every card)."""
+        return DeviceUsage(
+            self.id,
+            self.index,
+            self.used,
+            self.count,
+            self.usedmem,
+            self.totalmem,
+            self.usedcores,
+            self.totalcore,
+            self.type,
+            self.numa,
+            self.mode,
+            self.health,
+            self.mig_profiles,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class ContainerDeviceRequest:

@@ -86,6 +86,8 @@ def parse_quantity(value: QuantityValue) -> Fraction:
         return Fraction(repr(value))
     if not isinstance(value, str):
         raise QuantityError(f"quantity must be a string or a number, got {type(value).__name__} {value!r}")
+    if value.isascii() and value.isdigit():
+        return Fraction(int(value))  # the usual device quantity ("1", "4096"): no pattern, no suffix
 
     match = _QUANTITY_RE.fullmatch(value)
     if match is None:
@@ -121,6 +123,9 @@ def quantity_as_int64(value: QuantityValue) -> int | None:
     number that fits int64" is exactly what `AsInt64` accepts there. Malformed strings (impossible from the
     API server) count as not-an-integer rather than raising, so request derivation stays total.
     """
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        whole = int(value)  # the usual device quantity, without a Fraction
+        return whole if whole <= _INT64_MAX else None
     try:
         parsed = parse_quantity(value)
     except QuantityError:

@@ -432,7 +432,7 @@ class _Usage:
 
     @classmethod
     def of(cls, devices: Iterable[DeviceUsage], mig: Mapping[str, Sequence[MigPlacement]]) -> _Usage:
-        return cls([replace(d) for d in devices], {k: list(v) for k, v in mig.items()})
+        return cls([d.copy() for d in devices], {k: list(v) for k, v in mig.items()})
 
     def copy(self) -> _Usage:
         return _Usage.of(self.devices, self.mig)

@@ -51,6 +51,8 @@ class SchedulingPolicy:
         overrides applied; an absent or blank annotation keeps the configured value."""
         node = pod_annotations.get(wire.NODE_SCHEDULER_POLICY, "").strip()
         gpu = pod_annotations.get(wire.GPU_SCHEDULER_POLICY, "").strip()
+        if (not node or node == self.node_policy) and (not gpu or gpu == self.gpu_policy):
+            return self  # the usual pod: no override, and resolving runs several times per cycle
         return replace(self, node_policy=node or self.node_policy, gpu_policy=gpu or self.gpu_policy)
 
     @property

@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 import time
 from collections.abc import Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from services.common import wire
@@ -127,7 +127,7 @@ def with_reservation(previous: CachedSnapshot, reservation: Reservation) -> Cach
     """`previous` plus the reserved pod's usage (usage is additive): the node's next snapshot after a reserve
     for a pod that counted nowhere, derived instead of rebuilt from every pod on the node. Not for MIG
     reservations (their placements are not in the cards)."""
-    devices = [replace(device) for device in previous.devices]
+    devices = [device.copy() for device in previous.devices]
     apply_allocation(devices, reservation.allocation, reservation.init_count, reservation.sidecar_slots)
     return CachedSnapshot(
         name=previous.name,

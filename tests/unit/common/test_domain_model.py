@@ -78,3 +78,13 @@ def test_device_info_defaults_describe_a_healthy_hami_core_card() -> None:
         True,
         (),
     )
+
+
+def test_device_usage_copy_equals_replace_and_is_independent() -> None:
+    profile = MigProfile("1g.10gb", 9984, 14, 1, (MigPlacement(6, 1),))
+    card = DeviceUsage("GPU-1", 2, 3, 10, 4096, 81920, 30, 100, "NVIDIA-A100", 1, "mig", False, (profile,))
+    copied = card.copy()
+    assert copied == dataclasses.replace(card)  # every field, so a field added later cannot be forgotten
+    assert copied is not card
+    copied.used += 1
+    assert card.used == 3

@@ -99,6 +99,9 @@ def test_quantity_error_is_a_value_error() -> None:
         ("1.5", None),
         ("500m", None),
         ("not-a-quantity", None),
+        ("\u0663", None),  # a digit to str.isdigit, not to Kubernetes
+        ("\u00b2", None),
+        ("0042", 42),
         (3, 3),
     ],
 )
