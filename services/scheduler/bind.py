@@ -220,9 +220,12 @@ class Binder:
             return "scheduler is shutting down"
         if not self._is_leader():
             return "this scheduler replica is not the leader; only the leader binds"
+        ctx: PodContext | None = None
         try:
-            pod = self.recent_pods.take(args.pod_namespace, args.pod_name, args.pod_uid)
-            if pod is None:
+            recent = self.recent_pods.take_with_context(args.pod_namespace, args.pod_name, args.pod_uid)
+            if recent is not None:
+                pod, ctx = recent
+            else:
                 pod = await self._read_pod(args.pod_namespace, args.pod_name)
         except ApiException as exc:
             error = f"failed to get pod {args.pod_namespace}/{args.pod_name}: {_api_error(exc)}"
@@ -237,7 +240,8 @@ class Binder:
             log_ctx.warning("bind_failed", error=error)
             return error
         pod_ref["uid"] = uid
-        ctx = pod_context(pod, self._request_config)
+        if ctx is None:
+            ctx = pod_context(pod, self._request_config)
         done = already_bound(pod, args.node, gpu=ctx.has_gpu_request)
         if done is not None:
             error = done

@@ -12,6 +12,7 @@ from typing import Any, Final
 
 from services.common import wire
 from services.common.codecs import encode_pod_single_device
+from services.scheduler.decoders import PodContext
 from services.scheduler.fit import MigAssignment, NodeFit
 
 __all__ = [
@@ -120,12 +121,14 @@ class RecentPods:
     def __init__(self, limit: int = 1024, max_age: float = 60.0) -> None:
         self._limit = max(1, limit)
         self._max_age = max_age
-        self._pods: dict[str, tuple[Mapping[str, Any], float]] = {}
+        self._pods: dict[str, tuple[Mapping[str, Any], PodContext | None, float]] = {}
 
     def __len__(self) -> int:
         return len(self._pods)
 
-    def remember(self, pod: Mapping[str, Any]) -> None:
+    def remember(self, pod: Mapping[str, Any], context: PodContext | None = None) -> None:
+        """Keep the filtered copy, and its decoded `PodContext` when the caller has it (decoding the
+        containers' requests again at bind time would cost as much as the bind's own logic)."""
         metadata = pod.get("metadata")
         if not isinstance(metadata, Mapping):
             return
@@ -135,17 +138,24 @@ class RecentPods:
         self._pods.pop(uid, None)
         if len(self._pods) >= self._limit:
             del self._pods[next(iter(self._pods))]  # the oldest entry (dicts keep insertion order)
-        self._pods[uid] = (pod, time.monotonic())
+        self._pods[uid] = (pod, context, time.monotonic())
 
     def take(self, namespace: str, name: str, uid: str) -> Mapping[str, Any] | None:
         """The filtered copy of pod `uid` when it is that namespace/name and recent enough; forgotten then."""
+        entry = self.take_with_context(namespace, name, uid)
+        return entry[0] if entry is not None else None
+
+    def take_with_context(
+        self, namespace: str, name: str, uid: str
+    ) -> tuple[Mapping[str, Any], PodContext | None] | None:
+        """`take`, with the context remembered beside the copy (None when none was)."""
         entry = self._pods.pop(uid, None) if uid else None
         if entry is None:
             return None
-        pod, seen = entry
+        pod, context, seen = entry
         metadata = pod.get("metadata")
         if time.monotonic() - seen > self._max_age or not isinstance(metadata, Mapping):
             return None
         if metadata.get("namespace", "default") != namespace or metadata.get("name") != name:
             return None
-        return pod
+        return pod, context

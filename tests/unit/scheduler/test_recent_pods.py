@@ -7,7 +7,9 @@ from typing import Any
 
 import pytest
 
+from services.common.resources import NvidiaRequestConfig
 from services.scheduler.bind_writes import RecentPods
+from services.scheduler.decoders import pod_context
 
 
 def pod(
@@ -117,3 +119,14 @@ def test_a_negative_max_age_hands_out_nothing() -> None:
     recent = RecentPods(max_age=-1.0)
     recent.remember(pod())
     assert recent.take("default", "p", "uid-p") is None
+
+
+def test_the_context_decoded_at_filter_time_comes_back_with_the_copy() -> None:
+    recent = RecentPods()
+    copy = pod()
+    context = pod_context(copy, NvidiaRequestConfig())
+    recent.remember(copy, context)
+    recent.remember(pod("q"))
+    assert recent.take_with_context("default", "p", "uid-p") == (copy, context)
+    assert recent.take_with_context("default", "q", "uid-q") == (pod("q"), None)  # none remembered
+    assert recent.take_with_context("default", "p", "uid-p") is None  # handed out once
