@@ -251,7 +251,9 @@ class Binder:
             guard = self._guards.setdefault(args.node, asyncio.Lock())
             remaining = self._lock_wait - (time.monotonic() - started)
             try:
-                await asyncio.wait_for(guard.acquire(), timeout=max(remaining, 0.001))
+                # `asyncio.timeout` arms a timer only; `wait_for` would start a task per bind.
+                async with asyncio.timeout(max(remaining, 0.001)):
+                    await guard.acquire()
             except TimeoutError:
                 error = (
                     f"timed out after {self._lock_wait:g}s waiting for node {args.node} to be unlocked: "
