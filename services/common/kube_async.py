@@ -1,4 +1,4 @@
-"""Kubernetes API calls on the caller's asyncio event loop (aiohttp), configured from the official client.
+"""Kubernetes API calls on the caller's asyncio event loop, configured from the official client.
 
 The official client is synchronous: every call from async code runs in a worker thread, where urllib3 and the
 client's request building cost several times the request itself (and threads contend for the GIL with the
@@ -10,6 +10,10 @@ token rotation keeps working), and answers like `services.common.kube.call_json`
 `ApiException` (the client's own subclasses: 404 `NotFoundException`, 409 `ConflictException`, ...) for a
 non-2xx answer, and an `OSError` (`KubeConnectionError`) when no answer came. Callers keep their existing
 error handling.
+
+The HTTP/1.1 itself is `services.common.http_client`'s small keep-alive pool rather than aiohttp's client:
+these calls are a large part of the extender's CPU per scheduled pod, and the lean client spends about half
+the CPU per request.
 """
 
 from __future__ import annotations
@@ -18,21 +22,17 @@ import asyncio
 import ssl
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
-import aiohttp
 import orjson
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from yarl import URL
+
+from services.common.http_client import ConnectionPool, KubeConnectionError
 
 __all__ = ["AsyncKube", "KubeConnectionError"]
 
 _DEFAULT_TIMEOUT: Final = 30.0
-
-
-class KubeConnectionError(ConnectionError):
-    """The API server gave no answer (refused, reset, timed out, TLS failure)."""
 
 
 class _Answer:
@@ -64,7 +64,7 @@ def ssl_context_of(configuration: client.Configuration) -> ssl.SSLContext | None
 
 
 class AsyncKube:
-    """Plain-JSON API calls over one aiohttp session, created on first use on the running event loop."""
+    """Plain-JSON API calls over one connection pool, created on first use on the running event loop."""
 
     def __init__(
         self, configuration: client.Configuration, *, connections: int = 64, timeout: float = _DEFAULT_TIMEOUT
@@ -74,31 +74,31 @@ class AsyncKube:
         self._ssl = ssl_context_of(configuration)
         self._connections = connections
         self._timeout = timeout
-        self._session: aiohttp.ClientSession | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        url = urlsplit(self._host)
+        self._address = (url.hostname or "localhost", url.port or (443 if url.scheme == "https" else 80))
+        self._authority = url.netloc.rpartition("@")[2]
+        self._prefix = url.path  # a server behind a path prefix (a proxy) keeps it on every call
+        self._pool: ConnectionPool | None = None
 
     @property
     def host(self) -> str:
         return self._host
 
-    def _session_for_loop(self) -> aiohttp.ClientSession:
-        loop = asyncio.get_running_loop()
-        if self._session is None or self._session.closed or self._loop is not loop:
-            # A session belongs to one loop (tests run several loops in one process).
-            connector = aiohttp.TCPConnector(
+    def _pool_for_loop(self) -> ConnectionPool:
+        pool = self._pool
+        if pool is None or pool.closed or pool.loop is not asyncio.get_running_loop():
+            # A pool belongs to one loop (tests run several loops in one process); one left on another
+            # loop is closed as far as that is possible from here.
+            if pool is not None:
+                pool.abandon()
+            pool = self._pool = ConnectionPool(
+                *self._address,
+                ssl=self._ssl,
+                server_hostname=self._configuration.tls_server_name or None,
+                authority=self._authority,
                 limit=self._connections,
-                ssl=self._ssl if self._ssl is not None else False,
-                enable_cleanup_closed=False,
             )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=aiohttp.ClientTimeout(total=self._timeout),
-                skip_auto_headers=("User-Agent",),
-                trust_env=False,
-                cookie_jar=aiohttp.DummyCookieJar(),  # the API server sets no cookies worth keeping
-            )
-            self._loop = loop
-        return self._session
+        return pool
 
     def _headers(self, content_type: str | None) -> dict[str, str]:
         headers = {"Accept": "application/json", "User-Agent": "kube-vgpu"}
@@ -121,35 +121,27 @@ class AsyncKube:
     ) -> Any:
         """One call; the decoded JSON answer (None for an empty body). Raises `ApiException` for a non-2xx
         answer and `KubeConnectionError` when there was no answer."""
-        session = self._session_for_loop()
+        pool = self._pool_for_loop()
         data = None if body is None else orjson.dumps(body)
         headers = self._headers(content_type if body is not None else None)
-        url = self._host + path + ("?" + urlencode(list(query)) if query else "")
-        # Without a `timeout` of its own the session's applies (an explicit None would mean none at all).
-        extra: dict[str, Any] = {} if timeout is None else {"timeout": aiohttp.ClientTimeout(total=timeout)}
-        try:
-            async with session.request(
-                method,
-                URL(url, encoded=True),  # `path` comes percent-encoded (`services.common.kube.core_path`)
-                data=data,
-                headers=headers,
-                server_hostname=self._configuration.tls_server_name or None,
-                **extra,
-            ) as response:
-                payload = await response.read()
-                status, reason = response.status, response.reason or ""
-                answer_headers = dict(response.headers)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise KubeConnectionError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
-        if not 200 <= status <= 299:
+        # `path` comes percent-encoded (`services.common.kube.core_path`); the query is encoded here.
+        target = self._prefix + path + ("?" + urlencode(list(query)) if query else "")
+        response = await pool.request(
+            method, target, headers, data, timeout=self._timeout if timeout is None else timeout
+        )
+        payload = response.body
+        if not 200 <= response.status <= 299:
             raise ApiException.from_response(
-                http_resp=_Answer(status, reason, payload, answer_headers),
+                http_resp=_Answer(response.status, response.reason, payload, response.headers),
                 body=payload.decode("utf-8", "replace"),
                 data=None,
             )
         return orjson.loads(payload) if payload else None
 
     async def close(self) -> None:
-        if self._session is not None and not self._session.closed:
-            await self._session.close()
-        self._session = None
+        pool, self._pool = self._pool, None
+        if pool is not None and not pool.closed:
+            if pool.loop is asyncio.get_running_loop():
+                await pool.close()
+            else:
+                pool.abandon()

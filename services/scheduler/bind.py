@@ -113,7 +113,7 @@ class Binder:
         # `pods_applied`: the resourceVersion through which the pod watch feeding `cache` has applied every
         # change (`Reflector.applied_resource_version`); None: always read the node's pods fresh at bind time.
         self._pods_applied = pods_applied
-        # The bind's API calls run on the event loop (aiohttp), configured like the official client `core`.
+        # The bind's API calls run on the event loop (`AsyncKube`), configured like the official client.
         self._http = kube if kube is not None else AsyncKube(core.api_client.configuration)
         self._own_http = kube is None
         self._cache = cache

@@ -101,8 +101,8 @@ class EventRecorder:
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self._core = core
-        # With both: the writes go through `kube` on `loop` (the process's event loop, aiohttp), which costs
-        # about a third less CPU than the official client's blocking call; the worker thread only waits.
+        # With both: the writes go through `kube` on `loop` (the process's event loop, `AsyncKube`), which
+        # costs far less CPU than the official client's blocking call; the worker thread only waits.
         self._http = kube
         self._loop = loop
         self._component = component

@@ -179,7 +179,7 @@ class NodeLocks:
         node_view: Callable[[str], tuple[str | None, str] | None] | None = None,
         kube: AsyncKube | None = None,
     ) -> None:
-        # The calls run on the event loop (aiohttp), configured like the official client `core`.
+        # The calls run on the event loop (`AsyncKube`), configured like the official client `core`.
         self._http = kube if kube is not None else AsyncKube(core.api_client.configuration)
         self._own_http = kube is None
         # The watch cache's (lock value, resourceVersion) of a node: the first attempt of an acquire decides
