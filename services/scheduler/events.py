@@ -1,14 +1,16 @@
 """Kubernetes events on pods (docs/hami-wire.md#events), posted by one background worker off every verb's
-path; a failure is only logged. Repeats land on one Event object whose `count` grows, with client-go's spam
-filter and aggregation of similar events (`event_correlation` decides; this module does the writes)."""
+path (a task on the event loop in the scheduler, a thread without one); a failure is only logged. Repeats
+land on one Event object whose `count` grows, with client-go's spam filter and aggregation of similar events
+(`event_correlation` decides; this module does the writes)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,6 +27,11 @@ __all__ = ["EventRecorder", "event_body"]
 log = get_logger(__name__)
 
 _WRITE_TIMEOUT = 30.0  # seconds one Event write may take on the event loop before the worker gives up
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _rfc3339(moment: datetime) -> str:
@@ -73,18 +80,25 @@ class _Pending:
 
 
 class EventRecorder:
-    """Posts events from one background worker thread, never on a verb's path.
+    """Posts events from one background worker, never on a verb's path.
 
-    `record()` only appends to a bounded queue (O(1), no I/O, no JSON): an event identical to one still
-    queued (same pod, type, reason, message) is coalesced into it (`count`, `lastTimestamp`), and when
-    `max_pending` distinct events are waiting, new ones are dropped and counted in `dropped`. The worker
-    waits `batch_delay` seconds after the first event of a batch, so a burst is posted in one go rather
-    than interleaved with the verbs that caused it. `drain()` flushes what is queued (shutdown, tests).
+    `record()` only appends to a bounded queue (O(1), no I/O, no JSON) and may be called from any thread:
+    an event identical to one still queued (same pod, type, reason, message) is coalesced into it (`count`,
+    `lastTimestamp`), and when `max_pending` distinct events are waiting, new ones are dropped and counted
+    in `dropped`. The worker waits `batch_delay` seconds after the first event of a batch, so a burst is
+    posted in one go rather than interleaved with the verbs that caused it, then posts the batch one event
+    after the other. `drain()` flushes what is queued (shutdown, tests).
+
+    With `kube` and `loop` (the scheduler) the worker is a task on `loop` that writes through `kube`
+    (`AsyncKube`); it starts with a batch and ends when the queue is empty. Without them it is a thread
+    making blocking calls through `core`. A thread that handed each write to the loop and waited for it
+    would pay two thread switches and a wake-up of the loop per event, on both threads.
 
     The worker asks the `EventCorrelator` for each queued event: the first occurrence creates an Event, a
     repeat patches that Event's `count` and `lastTimestamp` (a 404, the Event expired or was deleted,
     creates it again; a 409 on create patches the one already there), and what the spam filter refuses is
-    counted in `throttled`.
+    counted in `throttled`. The events are posted in order, each write awaited before the next: the
+    correlator must know the name of an Event created before it decides on the next repeat.
     """
 
     def __init__(
@@ -101,22 +115,26 @@ class EventRecorder:
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self._core = core
-        # With both: the writes go through `kube` on `loop` (the process's event loop, `AsyncKube`), which
-        # costs far less CPU than the official client's blocking call; the worker thread only waits.
-        self._http = kube
-        self._loop = loop
+        on_loop = kube is not None and loop is not None
+        self._http = kube if on_loop else None  # set: the worker is a task on `_loop`
+        self._loop = loop if on_loop else None
         self._component = component
-        self._enabled = enabled and core is not None
+        self._enabled = enabled and (core is not None or on_loop)
         self._clock = clock
         self._max_pending = max(1, max_pending)
         self._batch_delay = max(0.0, batch_delay)
         self._pending: dict[tuple[str, str, str, str, str, str], _Pending] = {}
+        # Guards the queue and the counters the worker and drain() share; record() may run on any thread.
         self._cond = threading.Condition()
         self._posting = 0  # events taken by the worker and not yet posted
         self._flush = False
         self._thread: threading.Thread | None = None
-        self._correlator = correlator or EventCorrelator()  # used by the worker thread only
-        self.dropped = 0  # events dropped because the queue was full
+        self._scheduled = False  # loop worker: started (or its start is on the way), and not finished
+        self._task: asyncio.Task[None] | None = None  # the loop worker; touched on the loop's thread only
+        self._pause: asyncio.Future[None] | None = None  # its batch delay, which drain() cuts short
+        self._idle_waiters: list[asyncio.Future[None]] = []  # drain() calls on the loop
+        self._correlator = correlator or EventCorrelator()  # used by the worker only
+        self.dropped = 0  # events dropped because the queue was full (or left unposted by drain()'s timeout)
         self.coalesced = 0  # events merged into an identical queued one
         self.posted = 0  # successful writes, creates and patches
         self.patched = 0  # writes that raised an existing Event's count
@@ -150,7 +168,10 @@ class EventRecorder:
                         log.warning("events_dropped", dropped=self.dropped, queue=self._max_pending)
                 else:
                     self._pending[key] = _Pending(pod, event, now)
-            if self._pending:
+            if not self._pending:
+                return
+            start = self._claim_worker()
+            if self._loop is None:
                 if self._thread is None:
                     self._thread = threading.Thread(target=self._run, name="event-recorder", daemon=True)
                     self._thread.start()
@@ -158,8 +179,75 @@ class EventRecorder:
                     # Only the first event of a batch wakes the worker: waking it for every event would cut
                     # its batch delay short each time (one post per wake-up, and a thread switch per verb).
                     self._cond.notify_all()
+        if start:
+            self._start_task()
+
+    def _claim_worker(self) -> bool:
+        """Under the lock: whether the caller must start a loop worker task. One runs (or its start is on the
+        way) while anything is queued; `_scheduled`, set here and cleared by the task as it ends, both under
+        the lock, makes sure exactly one is started."""
+        start = self._loop is not None and bool(self._pending) and not self._scheduled
+        self._scheduled = self._scheduled or start
+        return start
+
+    def _start_task(self) -> None:
+        """Start the loop worker: at once on the loop's thread (the verbs' case), else through the loop."""
+        assert self._loop is not None
+        try:
+            if _running_loop() is self._loop:
+                self._spawn()
+            else:
+                self._loop.call_soon_threadsafe(self._spawn)
+        except RuntimeError:  # the loop is closed: nothing posts any more, the events stay queued
+            with self._cond:
+                self._scheduled = False
+
+    def _spawn(self) -> None:
+        assert self._loop is not None
+        self._task = self._loop.create_task(self._work(), name="event-recorder")
+
+    async def _work(self) -> None:
+        """The loop worker: batch after batch until the queue is empty."""
+        loop = self._loop
+        assert loop is not None
+        try:
+            while True:
+                with self._cond:
+                    if not self._pending:  # ends in this step: a record() after it starts another
+                        self._scheduled = self._flush = False
+                        self._cond.notify_all()  # a drain() from another loop waits in _idle()
+                        break
+                    flush = self._flush
+                if not flush and self._batch_delay:
+                    self._pause = pause = loop.create_future()
+                    timer = loop.call_later(self._batch_delay, _wake, pause)
+                    try:
+                        await pause  # let the burst complete; drain() cuts it short
+                    finally:
+                        timer.cancel()
+                        self._pause = None
+                with self._cond:
+                    batch = list(self._pending.values())
+                    self._pending.clear()
+                    self._posting = len(batch)
+                for item in batch:
+                    await self._post(item)
+                    with self._cond:
+                        self._posting -= 1
+        except asyncio.CancelledError:  # drain() ran out of time: what this batch had left is lost
+            with self._cond:
+                self.dropped += self._posting
+                self._posting = 0
+                self._scheduled = self._flush = False
+                self._cond.notify_all()
+            raise
+        finally:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                _wake(waiter)
 
     def _run(self) -> None:
+        """The worker thread (no event loop): waits for batches for ever."""
         while True:
             with self._cond:
                 while not self._pending:
@@ -170,14 +258,14 @@ class EventRecorder:
                 self._pending.clear()
                 self._posting = len(batch)
             for item in batch:
-                self._post(item)
+                _run_to_end(self._post(item))
                 with self._cond:
                     self._posting -= 1
                     if not self._pending and not self._posting:
                         self._flush = False
                         self._cond.notify_all()
 
-    def _post(self, item: _Pending) -> None:
+    async def _post(self, item: _Pending) -> None:
         pod = item.pod
         involved = InvolvedObject(
             "Pod", pod.get("namespace") or "default", pod.get("name") or "", pod.get("uid") or ""
@@ -203,7 +291,7 @@ class EventRecorder:
         body["lastTimestamp"] = _rfc3339(correlation.last)
         namespace = body["metadata"]["namespace"]
         try:
-            name = self._write(namespace, body, correlation)
+            name = await self._write(namespace, body, correlation)
             self._correlator.observed(correlation, name)
             self.posted += 1
         except Exception as exc:  # events are best effort: never let one break a verb
@@ -215,12 +303,12 @@ class EventRecorder:
                 error=str(exc) or type(exc).__name__,
             )
 
-    def _write(self, namespace: str, body: dict[str, Any], correlation: Correlation) -> str:
+    async def _write(self, namespace: str, body: dict[str, Any], correlation: Correlation) -> str:
         """Create or patch the Event; returns the name of the Event that now holds the count."""
         patch = {"count": body["count"], "lastTimestamp": body["lastTimestamp"], "message": body["message"]}
         if correlation.existing_name is not None:
             try:
-                self._patch(namespace, correlation.existing_name, patch)
+                await self._update(namespace, correlation.existing_name, patch)
                 self.patched += 1
                 return correlation.existing_name
             except client.ApiException as exc:
@@ -229,32 +317,44 @@ class EventRecorder:
             # the Event expired (the API server's event TTL) or was deleted: create it afresh
         name: str = body["metadata"]["name"]
         try:
-            self._send(namespace, body)
+            await self._create(namespace, body)
         except client.ApiException as exc:
             if exc.status != 409:
                 raise
-            self._patch(namespace, name, patch)
+            await self._update(namespace, name, patch)
             self.patched += 1
         return name
 
-    def _call(self, method: str, path: str, body: Any, content_type: str = "application/json") -> None:
-        """One write from the worker thread: on the event loop when there is one, else blocking."""
-        loop = self._loop
-        if self._http is not None and loop is not None and loop.is_running() and not loop.is_closed():
-            request = self._http.request(method, path, body=body, content_type=content_type)
-            asyncio.run_coroutine_threadsafe(request, loop).result(timeout=_WRITE_TIMEOUT)
+    # The two writes: awaited on the loop through `AsyncKube`, else the blocking `_send` and `_patch` (which
+    # never suspend, so the thread drives `_post` without an event loop, see `_run_to_end`).
+
+    async def _create(self, namespace: str, body: dict[str, Any]) -> None:
+        if self._http is None:
+            self._send(namespace, body)
             return
-        assert self._core is not None
-        call_json(self._core.api_client, method, path, body=body, content_type=content_type)
+        path = core_path("events", namespace=namespace)
+        await self._http.request("POST", path, body=body, timeout=_WRITE_TIMEOUT)
+
+    async def _update(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        if self._http is None:
+            self._patch(namespace, name, patch)
+            return
+        path = core_path("events", name, namespace=namespace)
+        await self._http.request(
+            "PATCH", path, body=patch, content_type="application/merge-patch+json", timeout=_WRITE_TIMEOUT
+        )
 
     def _send(self, namespace: str, body: dict[str, Any]) -> None:
-        """POST one Event (the answer is read whole, so its connection goes back to the pool)."""
-        self._call("POST", core_path("events", namespace=namespace), body)
+        """POST one Event, blocking (the answer is read whole, so its connection goes back to the pool)."""
+        assert self._core is not None
+        call_json(self._core.api_client, "POST", core_path("events", namespace=namespace), body=body)
 
     def _patch(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
-        """Merge-patch one Event's count, lastTimestamp and message."""
-        self._call(
-            "PATCH", core_path("events", name, namespace=namespace), patch, "application/merge-patch+json"
+        """Merge-patch one Event's count, lastTimestamp and message, blocking."""
+        assert self._core is not None
+        path = core_path("events", name, namespace=namespace)
+        call_json(
+            self._core.api_client, "PATCH", path, body=patch, content_type="application/merge-patch+json"
         )
 
     def _idle(self, timeout: float) -> bool:
@@ -271,8 +371,52 @@ class EventRecorder:
             return True
 
     async def drain(self, timeout: float = 5.0) -> None:
-        """Post what is queued now, waiting up to `timeout` seconds."""
+        """Post what is queued now, waiting up to `timeout` seconds.
+
+        On the recorder's own loop, a worker task still posting when the time is up is cancelled (what it
+        had not posted is counted in `dropped`; what is still queued waits for the next `record()`): at
+        shutdown the API client closes next, and no task may be left writing through it."""
         with self._cond:
             busy = bool(self._pending or self._posting)
-        if busy:
+            if busy:
+                self._flush = True
+            start = self._claim_worker()  # events left queued by an earlier drain()'s timeout have none
+        if start:
+            self._start_task()
+        if not busy:
+            return
+        here = _running_loop()
+        if here is None or here is not self._loop:  # the thread worker, or a drain() on another loop
             await asyncio.to_thread(self._idle, timeout)
+            return
+        waiter = here.create_future()
+        self._idle_waiters.append(waiter)
+        if self._pause is not None:
+            _wake(self._pause)
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter
+        except TimeoutError:
+            task = self._task
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            log.warning("events_drain_timeout", timeout=timeout, dropped=self.dropped)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _run_to_end(coroutine: Coroutine[Any, Any, None]) -> None:
+    """Run a coroutine that never suspends (all its awaits end in plain calls) to its end, without a loop."""
+    try:
+        coroutine.send(None)
+    except StopIteration:
+        return
+    coroutine.close()
+    raise RuntimeError("an event write suspended on the worker thread")
