@@ -30,9 +30,9 @@ from collections.abc import Callable, Hashable
 from typing import Any, Final
 
 import orjson
-from aiohttp import web
 
 from services.common import wire
+from services.common.http_server import Handler, HttpRequest, HttpResponse
 from services.common.log import get_logger
 from services.common.resources import NvidiaRequestConfig
 from services.scheduler.bind import Binder
@@ -92,14 +92,18 @@ _PICKS_LIMIT: Final = 1024
 _Ranking = tuple[list[float], list[bool] | None, bool, dict[str, Any], str]
 
 
-def _json(data: Any) -> web.Response:
-    """`web.json_response`, taking a body already encoded as JSON (text or UTF-8 bytes) as it is, and encoding
+def _json(data: Any, status: int = 200) -> HttpResponse:
+    """A JSON answer, taking a body already encoded as JSON (text or UTF-8 bytes) as it is, and encoding
     anything else with orjson (several times cheaper than `json` on a filter answer)."""
     if isinstance(data, str):
         data = data.encode()
     elif not isinstance(data, bytes):
         data = orjson.dumps(data)
-    return web.Response(body=data, content_type="application/json", charset="utf-8")
+    return HttpResponse(status, data)
+
+
+def _text(text: str, status: int = 200) -> HttpResponse:
+    return HttpResponse(status, text.encode(), content_type="text/plain; charset=utf-8")
 
 
 def _spread(policy: SchedulingPolicy) -> bool:
@@ -112,7 +116,9 @@ def _pod_ref(ctx: PodContext) -> dict[str, str]:
 
 
 class Extender:
-    """The extender verbs over a cache, a binder and an event recorder; `app()` builds the aiohttp app."""
+    """The extender verbs over a cache, a binder and an event recorder; `routes()` are its HTTP routes
+    (served by `services.common.http_server.HttpServer`: three requests per pod, where a web framework's own
+    per-request work would cost as much as the verbs)."""
 
     def __init__(
         self,
@@ -150,26 +156,24 @@ class Extender:
         self._picks = LikelyPicks(_PICK_SECONDS, _PICKS_LIMIT)
         self._last_context: tuple[tuple[str, str], PodContext] | None = None  # ((uid, rv), its context)
 
-    def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY_BYTES)
-        app.router.add_post("/filter", self.filter)
-        app.router.add_post("/prioritize", self.prioritize)
-        app.router.add_post("/bind", self.bind)
-        app.router.add_get("/healthz", self.healthz)
-        app.router.add_get("/readyz", self.readyz)
-        return app
+    def routes(self) -> dict[tuple[str, str], Handler]:
+        return {
+            ("POST", "/filter"): self.filter,
+            ("POST", "/prioritize"): self.prioritize,
+            ("POST", "/bind"): self.bind,
+            ("GET", "/healthz"): self.healthz,
+            ("GET", "/readyz"): self.readyz,
+        }
 
     # --- helpers --------------------------------------------------------------------------------------------
 
     @staticmethod
-    async def _body(request: web.Request) -> bytes:
-        """The request body; raises `ExtenderRequestError` when it is over 1 MiB or cannot be read."""
-        try:
-            return await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise ExtenderRequestError(f"request body larger than {MAX_BODY_BYTES} bytes") from None
-        except (ConnectionError, asyncio.IncompleteReadError) as exc:
-            raise ExtenderRequestError(f"cannot read the request body: {exc}") from None
+    def _body(request: HttpRequest) -> bytes:
+        """The request body; raises `ExtenderRequestError` when it was over 1 MiB (the server read and dropped
+        it, so the connection stays usable and the caller gets the verb's own error shape)."""
+        if request.body is None:
+            raise ExtenderRequestError(f"request body larger than {MAX_BODY_BYTES} bytes")
+        return request.body
 
     async def _wait_ready(self) -> bool:
         """HAMi blocks a filter until the caches are synced; we wait a bounded time."""
@@ -321,7 +325,7 @@ class Extender:
 
     # --- verbs ----------------------------------------------------------------------------------------------
 
-    async def filter(self, request: web.Request) -> web.Response:
+    async def filter(self, request: HttpRequest) -> HttpResponse:
         started = time.perf_counter()
         try:
             result = await self._filter(request)
@@ -331,9 +335,9 @@ class Extender:
         self._metrics.filter_seconds.observe(time.perf_counter() - started)
         return _json(result)
 
-    async def _filter(self, request: web.Request) -> dict[str, Any] | str | bytes:
+    async def _filter(self, request: HttpRequest) -> dict[str, Any] | str | bytes:
         try:
-            args = decode_extender_args(await self._body(request))
+            args = decode_extender_args(self._body(request))
         except ExtenderRequestError as exc:
             log.warning("filter_bad_request", error=str(exc), remote=request.remote)
             return filter_result(error=str(exc))
@@ -346,7 +350,7 @@ class Extender:
         if not await self._wait_ready():
             return filter_result(error=self._not_ready_error)
         if self._binder is not None:
-            self._binder.recent_pods.remember(args.pod)
+            self._binder.recent_pods.remember(args.pod, ctx)
         try:
             outcome = self._evaluate(ctx, args)
         except PodAnnotationError as exc:
@@ -385,14 +389,14 @@ class Extender:
             )
         return answer
 
-    async def prioritize(self, request: web.Request) -> web.Response:
+    async def prioritize(self, request: HttpRequest) -> HttpResponse:
         started = time.perf_counter()
         try:
             try:
-                args = decode_extender_args(await self._body(request))
+                args = decode_extender_args(self._body(request))
             except ExtenderRequestError as exc:
                 log.warning("prioritize_bad_request", error=str(exc), remote=request.remote)
-                return web.json_response({"Error": str(exc)}, status=400)
+                return _json({"Error": str(exc)}, 400)
             ctx = self._pod_context(args.pod)
             names = args.candidate_names
             if not ctx.has_gpu_request or not await self._wait_ready():
@@ -402,21 +406,21 @@ class Extender:
                 try:
                     outcome = self._evaluate(ctx, args)
                 except PodAnnotationError as exc:
-                    return web.json_response({"Error": str(exc)}, status=400)
+                    return _json({"Error": str(exc)}, 400)
                 ranking = self._evaluated_ranking(outcome, names, memoise=args.nodes is None)
             return _json(self._rank(ctx.uid, ranking, names))
         except Exception as exc:
             log.exception("prioritize_failed")
-            return web.json_response({"Error": f"internal error: {type(exc).__name__}: {exc}"}, status=500)
+            return _json({"Error": f"internal error: {type(exc).__name__}: {exc}"}, 500)
         finally:
             self._metrics.prioritize_seconds.observe(time.perf_counter() - started)
 
-    async def bind(self, request: web.Request) -> web.Response:
+    async def bind(self, request: HttpRequest) -> HttpResponse:
         started = time.perf_counter()
         error = ""
         try:
             try:
-                args = decode_bind_args(await self._body(request))
+                args = decode_bind_args(self._body(request))
             except ExtenderRequestError as exc:
                 log.warning("bind_bad_request", error=str(exc), remote=request.remote)
                 error = str(exc)
@@ -434,10 +438,10 @@ class Extender:
         )
         return _json(bind_result(error))
 
-    async def healthz(self, _: web.Request) -> web.Response:
-        return web.Response(text="ok")
+    async def healthz(self, _: HttpRequest) -> HttpResponse:
+        return _text("ok")
 
-    async def readyz(self, _: web.Request) -> web.Response:
+    async def readyz(self, _: HttpRequest) -> HttpResponse:
         if self._ready():
-            return web.Response(text="ok")
-        return web.Response(status=503, text="caches not synced")
+            return _text("ok")
+        return _text("caches not synced", 503)

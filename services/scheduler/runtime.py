@@ -32,6 +32,7 @@ from services.common.config import ConfigError, split_host_port
 from services.common.device_config import DeviceConfig, load_device_config
 from services.common.entrypoint import EXIT_CONFIG_ERROR, wait_for_shutdown
 from services.common.grpc_server import GrpcServerHandle, ServiceRegistration, build_server
+from services.common.http_server import HttpServer
 from services.common.kube import (
     KubeAccessError,
     call_json,
@@ -48,7 +49,7 @@ from services.scheduler.cache import UsageCache
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.decoders import node_state_fields, pod_usage_fields
 from services.scheduler.events import EventRecorder
-from services.scheduler.extender import Extender
+from services.scheduler.extender import MAX_BODY_BYTES, Extender
 from services.scheduler.health import handshake_value
 from services.scheduler.leader import LeaderMonitor, LeaderState, pod_role_labeller
 from services.scheduler.metrics import SchedulerMetrics, metrics_app
@@ -121,6 +122,7 @@ class SchedulerRuntime:
         self.extender: Extender | None = None
         self.grpc: GrpcServerHandle | None = None
         self._runners: list[web.AppRunner] = []
+        self._extender_server: HttpServer | None = None
         self.http_port: int | None = None
         self.metrics_port: int | None = None
         self._loop_task: asyncio.Task[None] | None = None
@@ -209,7 +211,7 @@ class SchedulerRuntime:
         )
         try:
             self._ssl = self._ssl_context()
-            self.http_port = await self._serve(self.extender.app(), cfg.http_bind, self._ssl)
+            self.http_port = await self._serve_extender(self.extender, cfg.http_bind, self._ssl)
             self.metrics_port = await self._serve(metrics_app(self.metrics), cfg.metrics_bind_address, None)
             self.grpc = build_server(self.grpc_services(), cfg.grpc_bind)
             await self.grpc.start()
@@ -344,6 +346,15 @@ class SchedulerRuntime:
             await asyncio.sleep(self._tls_poll)
             self.reload_tls()
 
+    async def _serve_extender(
+        self, extender: Extender, address: str, ssl_context: ssl.SSLContext | None
+    ) -> int:
+        host, port = split_host_port(address)
+        server = HttpServer(extender.routes(), name="extender", max_body=MAX_BODY_BYTES)
+        bound = await server.start(host or None, port, ssl_context)
+        self._extender_server = server
+        return bound
+
     async def _serve(self, app: web.Application, address: str, ssl_context: ssl.SSLContext | None) -> int:
         host, port = split_host_port(address)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
@@ -425,6 +436,9 @@ class SchedulerRuntime:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._warm_task = self._leader_task = self._loop_task = self._tls_task = None
+        if self._extender_server is not None:
+            await self._extender_server.stop(grace=2.0)
+            self._extender_server = None
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
