@@ -109,7 +109,12 @@ class Binder:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         kube: AsyncKube | None = None,
         pods_applied: Callable[[], str] | None = None,
+        metadata_in_binding: bool = False,
     ) -> None:
+        # `metadata_in_binding`: the allocation annotations and the node label travel in the Binding (one
+        # write; needs an API server that copies a Binding's labels, Kubernetes >= 1.35), else a pod patch
+        # first, then the Binding (HAMi's two writes).
+        self._metadata_in_binding = metadata_in_binding
         # `pods_applied`: the resourceVersion through which the pod watch feeding `cache` has applied every
         # change (`Reflector.applied_resource_version`); None: always read the node's pods fresh at bind time.
         self._pods_applied = pods_applied
@@ -181,11 +186,30 @@ class Binder:
         path = core_path("pods", name, namespace=namespace)
         await self._http.request("PATCH", path, body=body, content_type=MERGE_PATCH)
 
-    async def _post_binding(self, namespace: str, name: str, uid: str, node: str) -> None:
+    async def _post_binding(
+        self,
+        namespace: str,
+        name: str,
+        uid: str,
+        node: str,
+        *,
+        annotations: Mapping[str, str] | None = None,
+        labels: Mapping[str, str] | None = None,
+        resource_version: str = "",
+    ) -> None:
+        metadata: dict[str, Any] = {"name": name, "namespace": namespace}
+        if uid:
+            metadata["uid"] = uid  # a precondition: the pod this bind is for, not a namesake
+        if resource_version:
+            metadata["resourceVersion"] = resource_version  # a precondition: the pod as this bind saw it
+        if annotations:
+            metadata["annotations"] = dict(annotations)
+        if labels:
+            metadata["labels"] = dict(labels)
         body: Any = {
             "apiVersion": "v1",
             "kind": "Binding",
-            "metadata": {"name": name, "namespace": namespace, **({"uid": uid} if uid else {})},
+            "metadata": metadata,
             "target": {"apiVersion": "v1", "kind": "Node", "name": node},
         }
         await self._http.request(
@@ -385,29 +409,26 @@ class Binder:
             except WireFormatError as exc:
                 raise BindError(f"cannot encode the allocation of {ns}/{name}: {exc}") from None
             metadata = pod.get("metadata") or {}
-            progress.before_annotations = str_map(metadata.get("annotations"))
-            progress.before_labels = str_map(metadata.get("labels"))
-            progress.written = annotations
-            patch_meta: dict[str, Any] = {"annotations": annotations, "labels": {wire.VGPU_NODE: node}}
-            if metadata.get("resourceVersion"):
-                # The precondition: the patch applies only to the pod as this bind saw it.
-                patch_meta["resourceVersion"] = str(metadata["resourceVersion"])
-            patch = {"metadata": patch_meta}
-            try:
-                await self._patch_pod(ns, name, patch)
-            except ApiException as exc:
-                if exc.status == 409:
-                    progress.written = None  # refused as a whole: nothing to revert
-                    raise _StalePod() from None
-                raise
-            try:
-                await self._post_binding(ns, name, uid, node)
-            except Exception:
-                # A timed-out POST may still have bound the pod: only a pod that is not on this node now
-                # is rolled back (reverting a bound pod's allocation would strand it).
-                if await self._bound_node(ns, name) != node:
+            version = str(metadata.get("resourceVersion") or "")
+            labels = {wire.VGPU_NODE: node}
+            if self._metadata_in_binding:
+                await self._bind_with_metadata(args, uid, annotations, labels, version, log_ctx, fresh=fresh)
+            else:
+                progress.before_annotations = str_map(metadata.get("annotations"))
+                progress.before_labels = str_map(metadata.get("labels"))
+                progress.written = annotations
+                patch_meta: dict[str, Any] = {"annotations": annotations, "labels": labels}
+                if version:
+                    # The precondition: the patch applies only to the pod as this bind saw it.
+                    patch_meta["resourceVersion"] = version
+                try:
+                    await self._patch_pod(ns, name, {"metadata": patch_meta})
+                except ApiException as exc:
+                    if exc.status == 409:
+                        progress.written = None  # refused as a whole: nothing to revert
+                        raise _StalePod() from None
                     raise
-                log_ctx.info("binding_found_done_after_error")
+                await self._bind_checked(args, uid, log_ctx)
             self._cache.commit_reservation(uid)
             if _std_log.isEnabledFor(logging.DEBUG):
                 log_ctx.debug("allocation_written", devices=annotations[wire.VGPU_DEVICES_ALLOCATED])
@@ -423,6 +444,48 @@ class Binder:
         finally:
             if self._held.get(node) == (ns, name):
                 del self._held[node]
+
+    async def _bind_checked(
+        self, args: BindArgs, uid: str, log_ctx: Any, *, metadata: Mapping[str, Any] | None = None
+    ) -> None:
+        """POST the Binding (with `metadata`: annotations, labels, resourceVersion). A failure where the pod
+        is on this node anyway (a timed-out POST that did land) counts as done: rolling back a bound pod's
+        allocation would strand it."""
+        ns, name, node = args.pod_namespace, args.pod_name, args.node
+        try:
+            await self._post_binding(ns, name, uid, node, **(metadata or {}))
+        except Exception:
+            if await self._bound_node(ns, name) != node:
+                raise
+            log_ctx.info("binding_found_done_after_error")
+
+    async def _bind_with_metadata(
+        self,
+        args: BindArgs,
+        uid: str,
+        annotations: Mapping[str, str],
+        labels: Mapping[str, str],
+        version: str,
+        log_ctx: Any,
+        *,
+        fresh: bool,
+    ) -> None:
+        """One write for allocation and node: the API server merges a Binding's annotations (and, from
+        Kubernetes 1.35 with PodTopologyLabelsAdmission, its labels) into the pod, under the uid and
+        resourceVersion preconditions (docs/hami-wire.md#bind). A conflict on the copy the bind started from
+        sends it back to a fresh read, as the patch's precondition does; nothing needs reverting after a
+        failure, the pod was not touched."""
+        try:
+            await self._bind_checked(
+                args,
+                uid,
+                log_ctx,
+                metadata={"annotations": annotations, "labels": labels, "resource_version": version},
+            )
+        except ApiException as exc:
+            if exc.status == 409 and not fresh:
+                raise _StalePod() from None
+            raise
 
     async def _rollback(
         self, ns: str, name: str, uid: str, node: str, progress: _Progress, log_ctx: Any

@@ -106,6 +106,23 @@ def already_bound(pod: Mapping[str, Any], node: str, *, gpu: bool) -> str | None
     return f'pod {name} is already assigned to node "{bound}"'
 
 
+# The first release where the API server copies a Binding's labels onto the pod by default (the
+# PodTopologyLabelsAdmission feature, beta and on from 1.35); annotations are copied in every release.
+BINDING_LABELS_SINCE: Final = (1, 35)
+
+
+def binding_copies_labels(version: Mapping[str, Any]) -> bool:
+    """Whether an API server whose `/version` answer is `version` copies a Binding's labels onto the pod by
+    default. `minor` may carry a suffix ("35+" on some distributions); anything unreadable is False."""
+    major, minor = version.get("major"), version.get("minor")
+    if not isinstance(major, str) or not isinstance(minor, str):
+        return False
+    major_digits, minor_digits = major.rstrip("+"), minor.rstrip("+")
+    if not major_digits.isdigit() or not minor_digits.isdigit():
+        return False
+    return (int(major_digits), int(minor_digits)) >= BINDING_LABELS_SINCE
+
+
 def str_map(value: object) -> dict[str, str]:
     if not isinstance(value, dict):
         return {}

@@ -79,6 +79,15 @@ class SchedulerConfig(ConfigModel):
         description="namespace of that pod (env POD_NAMESPACE); no role label when either is empty",
     )
     emit_events: bool = Field(True, description="post FilteringSucceed/Failed and Binding* events on pods")
+    bind_writes: Literal["auto", "binding", "patch-then-binding"] = Field(
+        "auto",
+        description=(
+            "how a bind writes the allocation: binding = annotations and label inside the Binding (one "
+            "write; the API server must copy Binding labels: Kubernetes >= 1.35 with "
+            "PodTopologyLabelsAdmission on), patch-then-binding = a pod patch, then the Binding (HAMi's "
+            "way), auto = binding when the API server reports 1.35 or later"
+        ),
+    )
     device_config_file: str | None = Field(None, description="HAMi device-config.yaml, validated at start")
     kube: KubeAccess = Field(default_factory=KubeAccess)
     log: LogConfig = Field(default_factory=LogConfig)

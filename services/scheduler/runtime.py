@@ -45,6 +45,7 @@ from services.common.kube_async import AsyncKube
 from services.common.log import get_logger
 from services.common.reflector import Reflector
 from services.scheduler.bind import Binder
+from services.scheduler.bind_writes import binding_copies_labels
 from services.scheduler.cache import UsageCache
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.decoders import node_state_fields, pod_usage_fields
@@ -191,6 +192,7 @@ class SchedulerRuntime:
                 clock=self._clock,
                 kube=self.kube_http,
                 pods_applied=self._pods_applied,
+                metadata_in_binding=await self._binding_carries_metadata(),
             )
             self._start_reflectors(client.CoreV1Api(self._watch_api))
         self.extender = Extender(
@@ -345,6 +347,26 @@ class SchedulerRuntime:
         while True:
             await asyncio.sleep(self._tls_poll)
             self.reload_tls()
+
+    async def _binding_carries_metadata(self) -> bool:
+        """`bind_writes`: `binding` or `patch-then-binding` as configured; `auto` asks the API server's
+        `/version` (docs/hami-wire.md#bind) and falls back to HAMi's two writes when it cannot tell."""
+        mode = self.cfg.bind_writes
+        if mode != "auto":
+            return mode == "binding"
+        assert self.kube_http is not None
+        try:
+            version = await self.kube_http.request("GET", "/version", timeout=10.0)
+        except Exception as exc:
+            log.warning("bind_writes_version_unknown", error=str(exc), bind_writes="patch-then-binding")
+            return False
+        in_binding = isinstance(version, dict) and binding_copies_labels(version)
+        log.info(
+            "bind_writes",
+            server=version.get("gitVersion") if isinstance(version, dict) else None,
+            bind_writes="binding" if in_binding else "patch-then-binding",
+        )
+        return in_binding
 
     async def _serve_extender(
         self, extender: Extender, address: str, ssl_context: ssl.SSLContext | None

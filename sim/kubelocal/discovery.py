@@ -14,8 +14,8 @@ from sim.kubelocal.resources import ALL_RESOURCES, OBJECT_VERBS, RESOURCES, STAT
 
 KUBERNETES_VERSION = {
     "major": "1",
-    "minor": "34",
-    "gitVersion": "v1.34.0-kube-local",
+    "minor": "37",
+    "gitVersion": "v1.37.2-kube-local",
     "gitCommit": "0000000000000000000000000000000000000000",
     "gitTreeState": "clean",
     "buildDate": "2025-01-01T00:00:00Z",

@@ -244,6 +244,10 @@ class WritePipeline:
             annotations = bmd.get("annotations")
             if isinstance(annotations, dict) and annotations:
                 meta(new).setdefault("annotations", {}).update(annotations)
+            labels = bmd.get("labels")
+            if isinstance(labels, dict) and labels:
+                # Kubernetes >= 1.35 copies a Binding's labels too (PodTopologyLabelsAdmission, on by default).
+                meta(new).setdefault("labels", {}).update(labels)
             status = new.setdefault("status", {})
             conditions = [c for c in status.get("conditions") or [] if c.get("type") != "PodScheduled"]
             conditions.append(

@@ -76,3 +76,34 @@ def test_binding_emits_modified(core, new_pod):
     w.stop()
     stream.close()
     assert (event["type"], event["object"].spec.node_name) == ("MODIFIED", "node-a")
+
+
+def test_binding_metadata_is_merged_into_the_pod_under_its_preconditions(core, new_pod):
+    """What the extender's one-write bind relies on: a Binding's annotations and labels land on the pod
+    with spec.nodeName (labels: Kubernetes >= 1.35), and its resourceVersion is a precondition."""
+    body = new_pod("p", labels={"app": "x"}, annotations={"keep": "1"})
+    created = core.create_namespaced_pod("default", body)
+    stale = client.V1Binding(
+        metadata=client.V1ObjectMeta(name="p", uid=created.metadata.uid, resource_version="1"),
+        target=client.V1ObjectReference(kind="Node", name="node-a"),
+    )
+    with pytest.raises(ApiException) as err:
+        core.create_namespaced_pod_binding("p", "default", stale, _preload_content=False)
+    assert err.value.status == 409
+    assert core.read_namespaced_pod("p", "default").spec.node_name is None
+    current = client.V1Binding(
+        metadata=client.V1ObjectMeta(
+            name="p",
+            uid=created.metadata.uid,
+            resource_version=created.metadata.resource_version,
+            annotations={"hami.io/vgpu-node": "node-a", "keep": "2"},
+            labels={"hami.io/vgpu-node": "node-a"},
+        ),
+        target=client.V1ObjectReference(kind="Node", name="node-a"),
+    )
+    resp = core.create_namespaced_pod_binding("p", "default", current, _preload_content=False)
+    assert resp.status == 201
+    pod = core.read_namespaced_pod("p", "default")
+    assert pod.spec.node_name == "node-a"
+    assert pod.metadata.annotations == {"hami.io/vgpu-node": "node-a", "keep": "2"}
+    assert pod.metadata.labels == {"app": "x", "hami.io/vgpu-node": "node-a"}

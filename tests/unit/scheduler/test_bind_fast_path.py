@@ -401,7 +401,7 @@ async def test_the_leader_clears_locks_past_their_ttl_and_only_those(kube: Kube)
 # --- (c) binds from the filtered copy -----------------------------------------------------------------------
 
 
-def scheduler_config(url: str) -> SchedulerConfig:
+def scheduler_config(url: str, bind_writes: str = "auto") -> SchedulerConfig:
     return SchedulerConfig.model_validate(
         {
             "http_bind": "127.0.0.1:0",
@@ -410,6 +410,7 @@ def scheduler_config(url: str) -> SchedulerConfig:
             "kube": {"server": url},
             "bind_lock_wait_seconds": 10,
             "resync_seconds": 0,
+            "bind_writes": bind_writes,
         }
     )
 
@@ -441,9 +442,9 @@ class Extender:
 
 
 @asynccontextmanager
-async def running_scheduler(kube: Kube) -> AsyncIterator[Extender]:
+async def running_scheduler(kube: Kube, bind_writes: str = "auto") -> AsyncIterator[Extender]:
     """A started `SchedulerRuntime` (the same one the service runs) with its caches synced."""
-    runtime = SchedulerRuntime(scheduler_config(kube.url))
+    runtime = SchedulerRuntime(scheduler_config(kube.url, bind_writes))
     await runtime.start()
     try:
         async with aiohttp.ClientSession() as session:
@@ -453,11 +454,12 @@ async def running_scheduler(kube: Kube) -> AsyncIterator[Extender]:
         await runtime.stop()
 
 
-@pytest.fixture
-async def extender(kube: Kube) -> AsyncIterator[Extender]:
+@pytest.fixture(params=["binding", "patch-then-binding"])
+async def extender(kube: Kube, request: pytest.FixtureRequest) -> AsyncIterator[Extender]:
+    """Binds with the allocation inside the Binding (one write), and HAMi's patch then Binding."""
     kube.add_node("node-a", gpus("node-a", 2))
     kube.add_node("node-b", gpus("node-b"))
-    async with running_scheduler(kube) as ext:
+    async with running_scheduler(kube, request.param) as ext:
         await poll_until(lambda: len(ext.runtime.cache.node_names()) == 2, what="nodes cached")
         yield ext
 
@@ -477,18 +479,25 @@ def used_memory(ext: Extender, node: str) -> int:
     return sum(d.usedmem for d in snapshot.devices) if snapshot is not None else -1
 
 
-def spy_patches(ext: Extender, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    """The bodies of the binder's pod patches (still sent for real)."""
+def spy_pod_writes(ext: Extender, monkeypatch: pytest.MonkeyPatch) -> list[str | None]:
+    """The resourceVersion precondition of each write of an allocation to the pod (still sent for real): the
+    pod patch in HAMi's two writes, the Binding carrying the annotations in the one-write bind."""
     binder = ext.runtime.binder
     assert binder is not None
-    sent: list[dict[str, Any]] = []
-    real = binder._patch_pod
+    sent: list[str | None] = []
+    real_patch, real_binding = binder._patch_pod, binder._post_binding
 
     async def patch(namespace: str, name: str, body: dict[str, Any]) -> None:
-        sent.append(json.loads(json.dumps(body)))
-        await real(namespace, name, body)
+        sent.append(body["metadata"].get("resourceVersion"))
+        await real_patch(namespace, name, body)
+
+    async def post_binding(namespace: str, name: str, uid: str, node: str, **metadata: Any) -> None:
+        if metadata.get("annotations"):
+            sent.append(metadata.get("resource_version") or None)
+        await real_binding(namespace, name, uid, node, **metadata)
 
     monkeypatch.setattr(binder, "_patch_pod", patch)
+    monkeypatch.setattr(binder, "_post_binding", post_binding)
     return sent
 
 
@@ -500,11 +509,11 @@ async def test_filter_remembers_the_pod_and_bind_starts_from_it(
     pod = kube.add_pod("fresh")
     assert (await extender.filter(pod))["NodeNames"] == ["node-a"]
     assert len(binder.recent_pods) == 1
-    patches = spy_patches(extender, monkeypatch)
+    writes = spy_pod_writes(extender, monkeypatch)
     assert await extender.bind(pod, "node-a") == ""
     assert len(binder.recent_pods) == 0  # taken
-    # One patch, conditioned on the filtered copy's resourceVersion.
-    assert [p["metadata"].get("resourceVersion") for p in patches] == [rv(pod)]
+    # One write of the allocation, conditioned on the filtered copy's resourceVersion.
+    assert writes == [rv(pod)]
     bound = kube.pod("fresh")
     assert bound["spec"]["nodeName"] == "node-a"
     assert set(bound["metadata"]["annotations"]) >= HAMI_ANNOTATIONS
@@ -521,10 +530,10 @@ async def test_a_bind_from_a_stale_filtered_copy_rereads_and_binds(
     # The pod changes after kube-scheduler filtered it: the remembered copy is stale.
     changed = kube.patch_pod("moved", {"metadata": {"annotations": {"touched": "after-filter"}}})
     assert rv(changed) != rv(pod)
-    patches = spy_patches(extender, monkeypatch)
+    writes = spy_pod_writes(extender, monkeypatch)
     assert await extender.bind(pod, "node-a") == ""
-    # The stale copy's patch was refused as a whole (409); the second patch came from a fresh read.
-    assert [p["metadata"].get("resourceVersion") for p in patches] == [rv(pod), rv(changed)]
+    # The stale copy's write was refused as a whole (409); the second one came from a fresh read.
+    assert writes == [rv(pod), rv(changed)]
     bound = kube.pod("moved")
     meta = bound["metadata"]
     assert bound["spec"]["nodeName"] == "node-a"

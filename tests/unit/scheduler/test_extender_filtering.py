@@ -6,10 +6,13 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
 from services.common.model import ContainerDevice, DeviceUsage, MigPlacement
 from services.scheduler.bind_writes import (
     already_bound,
     bind_annotations,
+    binding_copies_labels,
     encode_mig_allocations,
     revert_patch,
 )
@@ -176,3 +179,22 @@ def test_success_event_lists_only_the_best_ten_nodes() -> None:
     spread = evaluate(pod_context(pod(1000)), names, snapshots, SchedulingPolicy("spread"))
     listed = success_event(spread).message.split("nodes fit(")[1][:-1].split(",")
     assert [n.split(":")[0] for n in listed[:-1]] == [f"n{i:02d}" for i in range(10)] and listed[-1] == "..."
+
+
+@pytest.mark.parametrize(
+    ("version", "copies"),
+    [
+        ({"major": "1", "minor": "35"}, True),
+        ({"major": "1", "minor": "37", "gitVersion": "v1.37.2"}, True),
+        ({"major": "1", "minor": "35+"}, True),  # managed distributions add a "+"
+        ({"major": "1", "minor": "34"}, False),
+        ({"major": "1", "minor": "34+"}, False),
+        ({"major": "2", "minor": "0"}, True),
+        ({"major": "1"}, False),
+        ({"major": "1", "minor": ""}, False),
+        ({"major": 1, "minor": 35}, False),  # not the API's strings: cannot tell, HAMi's two writes
+        ({}, False),
+    ],
+)
+def test_binding_copies_labels_from_1_35(version: dict[str, object], copies: bool) -> None:
+    assert binding_copies_labels(version) is copies
