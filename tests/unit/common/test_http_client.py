@@ -110,15 +110,8 @@ async def read_request(reader: asyncio.StreamReader) -> Received | None:
 
 
 @pytest.fixture(autouse=True)
-async def no_loop_errors() -> AsyncIterator[None]:
-    """Errors in protocol callbacks only reach the loop's exception handler: make them fail the test."""
-    errors: list[dict[str, object]] = []
-    loop = asyncio.get_running_loop()
-    loop.set_exception_handler(lambda _loop, context: errors.append(context))
-    yield
-    await asyncio.sleep(0.01)  # the callbacks of the connections closed last
-    loop.set_exception_handler(None)
-    assert errors == []
+def _fail_on_loop_errors(no_loop_errors: None) -> None:
+    """Every test here: see `no_loop_errors` (tests/unit/common/conftest.py)."""
 
 
 def fixed(answer: bytes) -> Reply:

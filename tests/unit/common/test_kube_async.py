@@ -35,15 +35,8 @@ MERGE = "application/merge-patch+json"
 
 
 @pytest.fixture(autouse=True)
-async def no_loop_errors() -> AsyncIterator[None]:
-    """Errors in protocol callbacks only reach the loop's exception handler: make them fail the test."""
-    errors: list[dict[str, object]] = []
-    loop = asyncio.get_running_loop()
-    loop.set_exception_handler(lambda _loop, context: errors.append(context))
-    yield
-    await asyncio.sleep(0.01)
-    loop.set_exception_handler(None)
-    assert errors == []
+def _fail_on_loop_errors(no_loop_errors: None) -> None:
+    """Every test here: see `no_loop_errors` (tests/unit/common/conftest.py)."""
 
 
 class Recorder:
