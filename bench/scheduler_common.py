@@ -91,7 +91,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def thread_cpu_seconds(pid: int) -> dict[int, float]:
-    """User + system CPU time per thread of a process (thread id -> seconds); the main thread's id is `pid`."""
+    """User + system CPU time per thread of a process (thread id -> seconds); the main thread's is `pid`."""
     tick = os.sysconf("SC_CLK_TCK")
     times = {}
     for task in Path(f"/proc/{pid}/task").iterdir():

@@ -48,12 +48,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=1_000,
         help="events a slow watcher may fall behind before its stream is closed (default 1000)",
     )
+    parser.add_argument(
+        "--instance-token",
+        default=None,
+        help="answer every /healthz, /readyz and /livez with this value in the X-Kube-Local-Instance header, "
+        "so whoever started this kube-local can tell it from another server on the same port (local mode "
+        "passes a random one per run)",
+    )
     return parser
 
 
 async def serve(args: argparse.Namespace) -> None:
     server = KubeLocal(
-        state_dir=args.state_dir, history_size=args.history_size, watch_queue_size=args.watch_queue_size
+        state_dir=args.state_dir,
+        history_size=args.history_size,
+        watch_queue_size=args.watch_queue_size,
+        instance_token=args.instance_token,
     )
     url = await server.start(args.host, args.port)
     print(url, flush=True)  # first line of stdout, for whoever started us

@@ -32,6 +32,10 @@ from sim.kubelocal.unserved import unserved_message
 from sim.kubelocal.wire import Target, json_response
 from sim.kubelocal.writes import WritePipeline
 
+# With an instance token (``kube-local --instance-token``) every health answer carries it in this header, so
+# whoever started this kube-local can tell it from another server answering on the same port.
+INSTANCE_HEADER = "X-Kube-Local-Instance"
+
 
 def parse_target(resources: dict[str, ResourceType], rest: list[str]) -> Target:
     """The resource, namespace, name and subresource of a path after its group version (404 if none)."""
@@ -64,8 +68,15 @@ def _unserved(
 class ApiRouter:
     """The one aiohttp handler (:meth:`dispatch`) behind every kube-local path."""
 
-    def __init__(self, store: Store, admission: AdmissionChain, watch: WatchOptions) -> None:
+    def __init__(
+        self,
+        store: Store,
+        admission: AdmissionChain,
+        watch: WatchOptions,
+        instance_token: str | None = None,
+    ) -> None:
         self.store = store
+        self.health_headers = {INSTANCE_HEADER: instance_token} if instance_token else {}
         self.list_watch = ListWatch(store, watch)
         self.writes = WritePipeline(store, admission)
         self.deletes = Deletes(store, admission)
@@ -76,7 +87,7 @@ class ApiRouter:
             return json_response({"paths": sorted(root_paths())})
         head = parts[0]
         if head in ("healthz", "readyz", "livez"):
-            return web.Response(text="ok", content_type="text/plain")
+            return web.Response(text="ok", content_type="text/plain", headers=self.health_headers)
         if parts == ["version"]:
             return json_response(KUBERNETES_VERSION)
         if head == "openapi":

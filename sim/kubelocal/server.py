@@ -106,12 +106,14 @@ def create_app(
     watch_timeout: float = 1800.0,
     bookmark_interval: float = 60.0,
     persistence: Persistence | None = None,
+    instance_token: str | None = None,
 ) -> web.Application:
     """The kube-local API as an aiohttp application over ``store``.
 
     ``watch_timeout`` bounds a watch without ``timeoutSeconds``; ``bookmark_interval`` is how
     often an idle watch with ``allowWatchBookmarks`` gets a BOOKMARK; with ``persistence`` every answer
-    waits until what it reflects is durable.
+    waits until what it reflects is durable; with ``instance_token`` every /healthz, /readyz and /livez
+    answer carries it in the ``X-Kube-Local-Instance`` header.
     """
     # protobuf_middleware outside the errors one: a Status error goes out as protobuf too.
     middlewares: list[Middleware] = [protobuf_middleware, _errors_middleware]
@@ -121,7 +123,7 @@ def create_app(
     chain = admission if admission is not None else AdmissionChain()
     app[STORE_KEY] = store
     app[ADMISSION_KEY] = chain
-    router = ApiRouter(store, chain, WatchOptions(watch_timeout, bookmark_interval))
+    router = ApiRouter(store, chain, WatchOptions(watch_timeout, bookmark_interval), instance_token)
     app.router.add_route("*", "/{path:.*}", router.dispatch)
     return app
 
@@ -132,7 +134,8 @@ class KubeLocal:
     ``state_dir`` turns on persistence (``<state_dir>/state.db``, loaded at start; a write is answered
     once it is on disk, see :mod:`sim.kubelocal.persistence`); ``history_size`` bounds the watch event
     history (older resumes get 410); ``watch_queue_size`` bounds each watcher's
-    backlog before it is closed as too slow.
+    backlog before it is closed as too slow; ``instance_token`` is echoed on every health answer
+    (see :func:`create_app`).
     """
 
     def __init__(
@@ -145,6 +148,7 @@ class KubeLocal:
         admission: AdmissionChain | None = None,
         watch_timeout: float = 1800.0,
         bookmark_interval: float = 60.0,
+        instance_token: str | None = None,
     ) -> None:
         self.store = (
             store
@@ -155,6 +159,7 @@ class KubeLocal:
         self._persistence = Persistence(self.store, state_dir) if state_dir is not None else None
         self._watch_timeout = watch_timeout
         self._bookmark_interval = bookmark_interval
+        self._instance_token = instance_token
         self._runner: web.AppRunner | None = None
         self.url: str | None = None
 
@@ -171,6 +176,7 @@ class KubeLocal:
             watch_timeout=self._watch_timeout,
             bookmark_interval=self._bookmark_interval,
             persistence=self._persistence,
+            instance_token=self._instance_token,
         )
         runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0, access_log=None)
         try:

@@ -246,7 +246,7 @@ class WritePipeline:
                 meta(new).setdefault("annotations", {}).update(annotations)
             labels = bmd.get("labels")
             if isinstance(labels, dict) and labels:
-                # Kubernetes >= 1.35 copies a Binding's labels too (PodTopologyLabelsAdmission, on by default).
+                # Kubernetes >= 1.35 copies a Binding's labels too (PodTopologyLabelsAdmission, on there).
                 meta(new).setdefault("labels", {}).update(labels)
             status = new.setdefault("status", {})
             conditions = [c for c in status.get("conditions") or [] if c.get("type") != "PodScheduled"]

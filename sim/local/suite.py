@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import os
+import secrets
 import socket
 import ssl
 import subprocess
@@ -27,6 +28,7 @@ import yaml
 from services.common.certs import issue_serving_certificate
 from services.common.config import KubeAccess
 from services.common.log import get_logger
+from sim.kubelocal.routes import INSTANCE_HEADER
 from sim.ports import free_port as free_port  # re-exported: bench/ imports it from here
 
 log = get_logger("kube-vgpu-local")
@@ -176,6 +178,24 @@ def http_ok(url: str, ca_file: Path | None = None) -> bool:
         return bool(resp.status == 200)
 
 
+def kube_local_ready(url: str, token: str) -> bool:
+    """Whether the kube-local at `url` answers ready and is the one started with `token`: its /readyz
+    carries the token in the instance header. Another server answering ready there (one that took the port
+    between port_is_free and our child's bind, or after our child died) is refused with SuiteError rather
+    than used: local mode never registers nodes or webhooks on an API server it did not start."""
+    with urllib.request.urlopen(f"{url}/readyz", timeout=1) as resp:
+        if resp.status != 200:
+            return False
+        answered = resp.headers.get(INSTANCE_HEADER)
+    if answered != token:
+        raise SuiteError(
+            f"another server answers at {url}: its /readyz does not carry this run's {INSTANCE_HEADER} "
+            "token, so it is not the kube-local local mode started; stop that server, or pick another port "
+            "with --port (0 picks a free one)"
+        )
+    return True
+
+
 @dataclass
 class Suite:
     """Starts and stops the processes of local mode; `url` is the kube-local API server."""
@@ -200,6 +220,8 @@ class Suite:
     webhook_registration: tuple[str, bytes] | None = None  # (URL, CA bundle) once the webhook is up
     device_config: Path | None = None  # the one device-config.yaml every component reads
     scheduler_metrics: str = ""
+    # Passed to kube-local (--instance-token, the same on every restart) and required back on its /readyz.
+    instance_token: str = field(default_factory=lambda: secrets.token_hex(16))
 
     def _process(self, name: str, argv: list[str]) -> ManagedProcess:
         process = ManagedProcess(name, argv, self.run_dir / "logs" / f"{name}.log")
@@ -261,15 +283,32 @@ class Suite:
                 f"port {port} on {self.host} is already in use by another process; stop it, or pick another "
                 "port with --port (0 picks a free one)"
             )
-        argv = [*console_script("kube-local", "sim.kubelocal"), "--host", self.host, "--port", str(port)]
+        argv = [
+            *console_script("kube-local", "sim.kubelocal"),
+            "--host",
+            self.host,
+            "--port",
+            str(port),
+            "--instance-token",
+            self.instance_token,
+        ]
         if self.state_dir:
             Path(self.state_dir).mkdir(parents=True, exist_ok=True)
             argv += ["--state-dir", self.state_dir]
         process = self._process("kube-local", argv)
         process.start()
         self.url = f"http://{self.host}:{port}"
-        wait_until("kube-local", lambda: http_ok(f"{self.url}/readyz"), process)
+        try:
+            self._wait_kube_local(process)
+        except SuiteError:
+            process.stop()
+            raise
         return self.url
+
+    def _wait_kube_local(self, process: ManagedProcess) -> None:
+        """Until our kube-local (`process`, started with this suite's token) answers ready at self.url; a
+        foreign server answering there instead is a SuiteError (kube_local_ready)."""
+        wait_until("kube-local", lambda: kube_local_ready(self.url, self.instance_token), process)
 
     def write_device_config(self, device_split_count: int) -> Path:
         """HAMi's device-config.yaml with the cluster file's split count, for the webhook, the extender and
@@ -518,7 +557,11 @@ class Suite:
         restarted += [process.name for process in self.processes if process.supervise(now)]
         if "kube-local" in restarted:
             kube_local = self._by_name("kube-local")
-            wait_until("kube-local", lambda: http_ok(f"{self.url}/readyz"), kube_local)
+            try:
+                self._wait_kube_local(kube_local)
+            except SuiteError:
+                kube_local.stop()
+                raise
             if self.webhook_registration is not None:
                 self._register_webhook(*self.webhook_registration)
         return restarted

@@ -1,7 +1,7 @@
 """Test lanes: every test below a SLOW_DIRS directory (whole processes, manifest renders, libvgpu builds),
 and every test that runs on the upstream control plane (a `real` parameter or the `real_api_server`
-fixture; marked in tests/conftest.py), is marked `slow`, so `make test-fast` (`pytest -m "not slow"`) runs pure logic, kube-local and contracts
-while `make test` runs everything."""
+fixture; marked in tests/conftest.py), is marked `slow`, so `make test-fast` (`pytest -m "not slow"`) runs
+pure logic, kube-local and contracts while `make test` runs everything."""
 
 from __future__ import annotations
 
