@@ -1,0 +1,3 @@
+from sim.kubelocal.cli import main
+
+raise SystemExit(main())
