@@ -489,6 +489,11 @@ def main(argv: list[str] | None = None) -> int:
             + f" (on {os.cpu_count()} cores); the scheduler alone on one core: "
             f"{1000 / per_pod['scheduler']:.0f} pods/s"
         )
+        # The bench client's work per pod is fixed (it encodes, sends and decodes the same requests), so the
+        # scheduler's CPU over the client's is a figure that does not move with the host's speed, which on a
+        # shared machine changes the absolute figures by half or more between runs.
+        relative = per_pod["scheduler"] / per_pod["bench client"]
+        print(f"  scheduler CPU / bench client CPU per pod: {relative:.2f} (host-speed independent)")
         loop_ms, other_ms = (seconds / bound * 1000 for seconds in load.threads)
         print(
             f"  the scheduler's split: event-loop thread {loop_ms:.2f} ms, other threads (watches, event "
