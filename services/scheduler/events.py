@@ -26,6 +26,7 @@ __all__ = ["EventRecorder", "event_body"]
 
 log = get_logger(__name__)
 
+_MERGE_PATCH = "application/merge-patch+json"
 _WRITE_TIMEOUT = 30.0  # seconds one Event write may take on the event loop before the worker gives up
 
 
@@ -332,16 +333,21 @@ class EventRecorder:
         if self._http is None:
             self._send(namespace, body)
             return
-        path = core_path("events", namespace=namespace)
-        await self._http.request("POST", path, body=body, timeout=_WRITE_TIMEOUT)
+        # `core_path(...)` right after the method: tests/deploy/test_deploy_rbac.py reads verbs there.
+        await self._http.request(
+            "POST", core_path("events", namespace=namespace), body=body, timeout=_WRITE_TIMEOUT
+        )
 
     async def _update(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
         if self._http is None:
             self._patch(namespace, name, patch)
             return
-        path = core_path("events", name, namespace=namespace)
         await self._http.request(
-            "PATCH", path, body=patch, content_type="application/merge-patch+json", timeout=_WRITE_TIMEOUT
+            "PATCH",
+            core_path("events", name, namespace=namespace),
+            body=patch,
+            content_type=_MERGE_PATCH,
+            timeout=_WRITE_TIMEOUT,
         )
 
     def _send(self, namespace: str, body: dict[str, Any]) -> None:
@@ -352,9 +358,12 @@ class EventRecorder:
     def _patch(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
         """Merge-patch one Event's count, lastTimestamp and message, blocking."""
         assert self._core is not None
-        path = core_path("events", name, namespace=namespace)
         call_json(
-            self._core.api_client, "PATCH", path, body=patch, content_type="application/merge-patch+json"
+            self._core.api_client,
+            "PATCH",
+            core_path("events", name, namespace=namespace),
+            body=patch,
+            content_type=_MERGE_PATCH,
         )
 
     def _idle(self, timeout: float) -> bool:
