@@ -32,6 +32,7 @@ from typing import Any
 import yaml
 
 from services.common.config import KubeAccess
+from sim.backoff import CrashLoop
 from sim.controlplane import rbac
 from sim.controlplane.kubeconfig import write_kubeconfig
 from sim.controlplane.pki import CertificateFiles, ClusterAuthority, write_service_account_keys
@@ -101,6 +102,7 @@ class RealControlPlane:
         self._admin: CertificateFiles | None = None
         self._processes: list[LaunchedProcess] = []
         self.restarts: dict[str, int] = {}  # program name -> restarts by restart()
+        self._crash_loops: dict[str, CrashLoop] = {}  # program name -> its relaunch backoff in supervise()
         self._health_urls: dict[str, str] = {}  # program name -> the URL that says it is up again
         self._node_kubeconfigs: dict[str, Path] = {}
         self._started = False
@@ -170,16 +172,20 @@ class RealControlPlane:
         """Restart a dead kube-apiserver, kube-controller-manager or kube-scheduler (replicas included):
         they are stateless, etcd keeps every object and the Leases, so a relaunch on the same command line
         is the whole recovery, as a static pod's restart in a cluster; a relaunch that does not become
-        healthy raises. A dead etcd (the data) raises, as check_alive does. Returns the names restarted on
-        this call."""
+        healthy raises. A program that dies again soon after is relaunched with kubelet's crash backoff
+        (`sim.backoff.CrashLoop`), not on every call. A dead etcd (the data) raises, as check_alive does.
+        Returns the names restarted on this call."""
         if not self._processes:
             raise ControlPlaneError("the control plane is not running")
         restarted = []
+        now = time.monotonic()
         for process in list(self._processes):
             if process.alive():
                 continue
             if process.name == "etcd":
                 raise process.failure("died")
+            if not self._crash_loops.setdefault(process.name, CrashLoop()).relaunch_now(now):
+                continue
             self.restart(process.name)
             restarted.append(process.name)
         return restarted

@@ -28,6 +28,7 @@ import yaml
 from services.common.certs import issue_serving_certificate
 from services.common.config import KubeAccess
 from services.common.log import get_logger
+from sim.backoff import RESTART_RESET_AFTER_SECONDS, restart_delay
 from sim.kubelocal.routes import INSTANCE_HEADER
 from sim.ports import free_port as free_port  # re-exported: bench/ imports it from here
 
@@ -46,20 +47,8 @@ SCHEDULER_SA, WEBHOOK_SA, NODE_AGENT_SA = (
 EXTENDER_SERVER_NAME = "kube-vgpu-scheduler"
 
 
-# A dead child is restarted the way kubelet restarts a crashed container: after a delay that doubles with
-# each crash in a row (1 s, 2 s, 4 s ... capped), reset once the child has stayed up for a while.
-RESTART_INITIAL_SECONDS = 1.0
-RESTART_MAX_SECONDS = 30.0
-RESTART_RESET_AFTER_SECONDS = 60.0
-
-
 class SuiteError(RuntimeError):
     pass
-
-
-def restart_delay(crashes_in_a_row: int) -> float:
-    """Seconds to wait before restarting a child that has now crashed `crashes_in_a_row` times (>= 1)."""
-    return min(RESTART_MAX_SECONDS, RESTART_INITIAL_SECONDS * 2.0 ** max(0, crashes_in_a_row - 1))
 
 
 def port_is_free(host: str, port: int) -> bool:

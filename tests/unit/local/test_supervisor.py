@@ -11,15 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from sim.local.suite import (
-    RESTART_MAX_SECONDS,
-    RESTART_RESET_AFTER_SECONDS,
-    ManagedProcess,
-    Suite,
-    SuiteError,
-    port_is_free,
-    restart_delay,
-)
+from sim.backoff import RESTART_MAX_SECONDS, RESTART_RESET_AFTER_SECONDS, CrashLoop, restart_delay
+from sim.local.suite import ManagedProcess, Suite, SuiteError, port_is_free
 
 
 @pytest.mark.parametrize(
@@ -27,6 +20,20 @@ from sim.local.suite import (
 )
 def test_restart_delay_doubles_up_to_the_cap(crashes: int, delay: float) -> None:
     assert restart_delay(crashes) == delay
+
+
+def test_a_crash_loop_relaunches_the_first_crash_at_once_then_backs_off() -> None:
+    loop = CrashLoop()
+    assert loop.relaunch_now(100.0)  # killed once after a good run: back at once
+    assert not loop.relaunch_now(101.0)  # died again right away: 1 s
+    assert loop.relaunch_now(102.0)
+    assert not loop.relaunch_now(102.5)  # third in a row: 2 s
+    assert not loop.relaunch_now(104.0)
+    assert loop.relaunch_now(104.5)
+    assert loop.crashes_in_a_row == 3
+    # Up for a minute: the next crash starts a new row, relaunched at once.
+    assert loop.relaunch_now(104.5 + RESTART_RESET_AFTER_SECONDS)
+    assert loop.crashes_in_a_row == 1
 
 
 def _sleeper(tmp_path: Path) -> ManagedProcess:
