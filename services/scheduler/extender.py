@@ -31,7 +31,6 @@ from typing import Any, Final
 
 import orjson
 
-from services.common import wire
 from services.common.http_server import Handler, HttpRequest, HttpResponse
 from services.common.log import get_logger
 from services.common.resources import NvidiaRequestConfig
@@ -104,11 +103,6 @@ def _json(data: Any, status: int = 200) -> HttpResponse:
 
 def _text(text: str, status: int = 200) -> HttpResponse:
     return HttpResponse(status, text.encode(), content_type="text/plain; charset=utf-8")
-
-
-def _spread(policy: SchedulingPolicy) -> bool:
-    """Whether the node policy prefers the emptiest node (as `fit.priority_scores` reads it)."""
-    return policy.node_policy.strip() == wire.POLICY_SPREAD
 
 
 def _pod_ref(ctx: PodContext) -> dict[str, str]:
@@ -242,7 +236,7 @@ class Extender:
         if uid != ctx.uid or time.monotonic() - when > _PRIORITIZE_REUSE_SECONDS:
             return None
         names = args.candidate_names
-        spread = _spread(outcome.policy)
+        spread = outcome.policy.spread_nodes
         ranking: _Ranking
         derived = outcome.derived
         if names == derived.get("fitting_names"):
@@ -280,7 +274,7 @@ class Extender:
             fits = [v.fits for v in verdicts]
             if memoise:
                 derived["all_values"], derived["all_fits"] = values, fits
-        return (values, fits, _spread(outcome.policy), derived, "all" if memoise else "")
+        return (values, fits, outcome.policy.spread_nodes, derived, "all" if memoise else "")
 
     def _busy_nodes(self, uid: str) -> set[str]:
         """Nodes where a bind is under way or about to start: a bind request of this process (lock wait

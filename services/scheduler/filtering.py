@@ -197,7 +197,7 @@ def success_event(outcome: FilterOutcome) -> EventText:
     more = ""
     if len(fitting) > EVENT_NODES_LIMIT:
         # What heapq.nsmallest / nlargest give (stable on ties), with the sort in C: hundreds of nodes fit.
-        ordered = sorted(fitting, key=_score, reverse=not _spread(outcome.policy))
+        ordered = sorted(fitting, key=_score, reverse=not outcome.policy.spread_nodes)
         fitting, more = ordered[:EVENT_NODES_LIMIT], ",..."
     scores = ",".join(f"{f.node}:{f.score:.2f}" for f in fitting) + more
     return EventText(
@@ -209,11 +209,6 @@ def success_event(outcome: FilterOutcome) -> EventText:
 
 
 _score = attrgetter("score")
-
-
-def _spread(policy: SchedulingPolicy) -> bool:
-    """Whether the node policy prefers the emptiest node (as `fit.choose_best` reads it)."""
-    return policy.node_policy.strip() == wire.POLICY_SPREAD
 
 
 def failure_events(outcome: FilterOutcome) -> list[EventText]:

@@ -108,8 +108,7 @@ class VerdictTables:
         # ties (min and max keep the first of equal items).
         best: NodeFit | None = None
         if fitting:
-            spread = resolved.node_policy.strip() == wire.POLICY_SPREAD
-            best = (min if spread else max)(fitting, key=_score)
+            best = (min if resolved.spread_nodes else max)(fitting, key=_score)
         return FilterOutcome(
             verdicts=tuple(verdicts), failed=failed, policy=resolved, best=best, fitting=tuple(fitting)
         )
