@@ -287,17 +287,18 @@ class Suite:
         process = self._process("kube-local", argv)
         process.start()
         self.url = f"http://{self.host}:{port}"
-        try:
-            self._wait_kube_local(process)
-        except SuiteError:
-            process.stop()
-            raise
+        self._wait_kube_local(process)
         return self.url
 
     def _wait_kube_local(self, process: ManagedProcess) -> None:
         """Until our kube-local (`process`, started with this suite's token) answers ready at self.url; a
-        foreign server answering there instead is a SuiteError (kube_local_ready)."""
-        wait_until("kube-local", lambda: kube_local_ready(self.url, self.instance_token), process)
+        foreign server answering there instead, or our child not coming up, is a SuiteError
+        (kube_local_ready), and our child is stopped first."""
+        try:
+            wait_until("kube-local", lambda: kube_local_ready(self.url, self.instance_token), process)
+        except SuiteError:
+            process.stop()
+            raise
 
     def write_device_config(self, device_split_count: int) -> Path:
         """HAMi's device-config.yaml with the cluster file's split count, for the webhook, the extender and
@@ -529,11 +530,10 @@ class Suite:
 
     def supervise(self) -> list[str]:
         """Restart dead children with backoff; of the upstream control plane a dead kube-apiserver,
-        kube-controller-manager or kube-scheduler is relaunched at once (etcd keeps the data), a dead etcd
-        is an error (RealControlPlane.supervise). A restarted kube-local
-        without --state-dir has lost the webhook registration, which is written again here; the caller
-        re-registers what else it owns (the nodes). Returns the names of the children (and control-plane
-        programs) restarted on this call."""
+        kube-controller-manager or kube-scheduler is relaunched with crash backoff (etcd keeps the data), a
+        dead etcd is an error (RealControlPlane.supervise). A restarted kube-local without --state-dir has
+        lost the webhook registration, which is written again here; the caller re-registers what else it owns
+        (the nodes). Returns the names of the children (and control-plane programs) restarted on this call."""
         restarted: list[str] = []
         if self.real is not None:
             from sim.controlplane.launcher import ControlPlaneError
@@ -545,12 +545,7 @@ class Suite:
         now = time.monotonic()
         restarted += [process.name for process in self.processes if process.supervise(now)]
         if "kube-local" in restarted:
-            kube_local = self._by_name("kube-local")
-            try:
-                self._wait_kube_local(kube_local)
-            except SuiteError:
-                kube_local.stop()
-                raise
+            self._wait_kube_local(self._by_name("kube-local"))
             if self.webhook_registration is not None:
                 self._register_webhook(*self.webhook_registration)
         return restarted
